@@ -1,0 +1,291 @@
+"""fastpool.ThreadPoolExecutor: a drop-in for concurrent.futures.ThreadPoolExecutor.
+
+Same signature, defaults, names, messages and semantics as the stdlib of the running
+Python (CPython Lib/concurrent/futures/thread.py), on fastpool's native queue and worker
+loop. The only intended differences are two stdlib bugs it fixes (see _future.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import threading
+import time
+import weakref
+from concurrent.futures import _base
+from concurrent.futures import thread as _thread
+from typing import Any, Callable, Iterable, Iterator
+
+from ._compat import core
+from ._future import Future, worker_local
+
+__all__ = ["ThreadPoolExecutor", "BrokenThreadPool"]
+
+BrokenThreadPool = _thread.BrokenThreadPool
+WorkItem = core.WorkItem
+QueueClosed = core.QueueClosed
+
+# Interpreter shutdown, as in the stdlib: once it has begun no new work is accepted,
+# queued work still runs, and the worker threads are joined before threading's own
+# shutdown. threading._register_atexit (not atexit) runs early enough for that; see
+# bpo-39812 for why the stdlib made the same choice.
+_shutdown = False
+_global_shutdown_lock = threading.Lock()
+_threads_queues: weakref.WeakKeyDictionary[threading.Thread, Any] = weakref.WeakKeyDictionary()
+# Every live executor, for the fork hooks below.
+_executors: weakref.WeakSet[ThreadPoolExecutor] = weakref.WeakSet()
+
+
+def _python_exit() -> None:
+    global _shutdown
+    with _global_shutdown_lock:
+        _shutdown = True
+    items = list(_threads_queues.items())
+    for _, q in items:
+        q.close()
+    for t, _ in items:
+        t.join()
+
+
+threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+
+
+def _before_fork() -> None:
+    _global_shutdown_lock.acquire()
+    for ex in list(_executors):
+        ex._work_queue._before_fork()
+
+
+def _after_fork_parent() -> None:
+    for ex in list(_executors):
+        ex._work_queue._after_fork_parent()
+    _global_shutdown_lock.release()
+
+
+def _after_fork_child() -> None:
+    global _global_shutdown_lock
+    _global_shutdown_lock = threading.Lock()
+    _threads_queues.clear()
+    for ex in list(_executors):
+        ex._after_fork_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent,
+                        after_in_child=_after_fork_child)
+
+
+def _default_max_workers() -> int:
+    # As the running stdlib: process_cpu_count() (3.13+) honours CPU affinity.
+    count = getattr(os, "process_cpu_count", os.cpu_count)()
+    return min(32, (count or 1) + 4)
+
+
+def _worker(executor_reference: weakref.ref[ThreadPoolExecutor], work_queue: Any,
+            initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
+    worker_local.active = True
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException:
+            _base.LOGGER.critical("Exception in initializer:", exc_info=True)
+            executor = executor_reference()
+            if executor is not None:
+                executor._initializer_failed()
+            return
+    core.run_worker(work_queue)
+
+
+def _result_or_cancel(fut: Any, timeout: float | None = None) -> Any:
+    try:
+        try:
+            return fut.result(timeout)
+        finally:
+            fut.cancel()
+    finally:
+        # Break a reference cycle with the exception in self._exception
+        del fut
+
+
+class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
+    """Drop-in replacement for concurrent.futures.ThreadPoolExecutor.
+
+    Args:
+        max_workers: The maximum number of threads that can be used to
+            execute the given calls (default as the running stdlib).
+        thread_name_prefix: An optional name prefix to give our threads.
+        initializer: A callable used to initialize worker threads.
+        initargs: A tuple of arguments to pass to the initializer.
+    """
+
+    def __init__(self, max_workers: int | None = None, thread_name_prefix: str = "",
+                 initializer: Callable[..., object] | None = None,
+                 initargs: tuple[Any, ...] = ()) -> None:
+        if max_workers is None:
+            max_workers = _default_max_workers()
+        if max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._max_workers = max_workers
+        self._work_queue = self._make_queue()
+        self._threads: set[threading.Thread] = set()
+        self._broken: str | bool = False
+        self._shutdown = False
+        self._shutdown_lock = threading.Lock()
+        # Shares the stdlib's counter, so default names continue its numbering.
+        self._thread_name_prefix = thread_name_prefix or ("ThreadPoolExecutor-%d" % self._counter())
+        self._initializer = initializer
+        self._initargs = initargs
+        _executors.add(self)
+
+    def _make_queue(self) -> Any:
+        return core.WorkQueue()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        f = Future()
+        self._enqueue(WorkItem(f, fn, args, kwargs))
+        return f
+
+    submit.__doc__ = _base.Executor.submit.__doc__
+
+    def _enqueue(self, item: Any) -> None:
+        # No lock on this path: shutdown closes the queue after setting the flags, so a
+        # put that fails tells us which error to raise, and one that succeeds is run.
+        q = self._work_queue
+        if q.idle_workers <= q.qsize() and len(self._threads) < self._max_workers:
+            self._adjust_thread_count()
+        try:
+            q.put(item)
+        except QueueClosed:
+            self._raise_closed()
+
+    def _raise_closed(self) -> None:
+        if self._broken:
+            raise BrokenThreadPool(self._broken)
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _adjust_thread_count(self) -> None:
+        with self._shutdown_lock:
+            if self._shutdown or self._broken:
+                return
+            num_threads = len(self._threads)
+            if num_threads >= self._max_workers:
+                return
+            with _global_shutdown_lock:
+                if _shutdown:
+                    self._raise_closed()
+            thread_name = "%s_%d" % (self._thread_name_prefix or self, num_threads)
+            q = self._work_queue
+
+            # When the executor gets garbage collected, the weakref callback closes the
+            # queue: workers finish what is queued, then exit.
+            def weakref_cb(_: object, q: Any = q) -> None:
+                q.close()
+
+            t = threading.Thread(name=thread_name, target=_worker,
+                                 args=(weakref.ref(self, weakref_cb), q,
+                                       self._initializer, self._initargs))
+            try:
+                t.start()
+            except RuntimeError:
+                # Out of OS threads: if no worker exists the work could never run; say so
+                # now rather than hang. Otherwise the existing workers will take it.
+                if not self._threads:
+                    raise
+                _base.LOGGER.warning("fastpool: cannot start worker %s", thread_name,
+                                     exc_info=True)
+                return
+            self._threads.add(t)
+            _threads_queues[t] = q
+
+    def _initializer_failed(self) -> None:
+        with self._shutdown_lock:
+            self._broken = ("A thread initializer failed, the thread pool "
+                            "is not usable anymore")
+            self._work_queue.close()
+            # Drain work queue and mark pending futures failed
+            for item in self._work_queue.drain():
+                if not item.future.done():
+                    item.future.set_exception(BrokenThreadPool(self._broken))
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:
+        """Returns an iterator equivalent to map(fn, iter).
+
+        As the stdlib: every call is submitted up front unless `buffersize` is given, in
+        which case at most `buffersize` calls are in flight and the input is consumed
+        lazily (the Python 3.14 behaviour, on every version). Results come in input
+        order; `timeout` counts from this call; the remaining calls are cancelled when
+        the iterator is closed or raises.
+        """
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+        if timeout is not None:
+            end_time = timeout + time.monotonic()
+
+        zipped = zip(*iterables)
+        if buffersize:
+            fs = collections.deque(self.submit(fn, *args)
+                                   for args in itertools.islice(zipped, buffersize))
+        else:
+            fs = collections.deque(self.submit(fn, *args) for args in zipped)
+
+        executor_weakref = weakref.ref(self)
+
+        def result_iterator() -> Iterator[Any]:
+            try:
+                # reverse to keep finishing order
+                fs.reverse()
+                while fs:
+                    if (buffersize and (executor := executor_weakref())
+                            and (args := next(zipped, None))):
+                        fs.appendleft(executor.submit(fn, *args))
+                    # Careful not to keep a reference to the popped future
+                    if timeout is None:
+                        yield _result_or_cancel(fs.pop())
+                    else:
+                        yield _result_or_cancel(fs.pop(), end_time - time.monotonic())
+            finally:
+                for future in fs:
+                    future.cancel()
+
+        return result_iterator()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._shutdown_lock:
+            self._shutdown = True
+            self._work_queue.close()
+            if cancel_futures:
+                # Workers may still take some of what is queued; the rest never runs.
+                for item in self._work_queue.drain():
+                    item.future.cancel()
+        if wait:
+            me = threading.current_thread()
+            for t in list(self._threads):
+                # A task shutting down its own pool must not join itself.
+                if t is not me:
+                    t.join()
+
+    shutdown.__doc__ = _base.Executor.shutdown.__doc__
+
+    def _after_fork_child(self) -> None:
+        # Only the forking thread exists in the child: the workers are gone. What was
+        # queued belongs to the parent (which still runs it); here it is cancelled so
+        # nothing in the child waits for it forever. The executor stays usable.
+        self._shutdown_lock = threading.Lock()
+        self._threads.clear()
+        for item in self._work_queue._after_fork_child():
+            fut = getattr(item, "future", None)
+            if fut is not None:
+                fut._lock = threading.RLock()
+                fut.__dict__.pop("_condition", None)
+                fut.cancel()
+

@@ -1,0 +1,285 @@
+# cython: language_level=3, embedsignature=True, freethreading_compatible=True
+# distutils: language = c++
+"""fastpool._core: the native core.
+
+Read top to bottom, this is the hot path: the queue (a thin owner of fp::Queue from
+fp_queue.h), the work item, and the worker loop, which waits for and dequeues work
+with the GIL released and takes the GIL only to run Python code -- then keeps it for
+as long as more work is queued, so a busy pool pays one GIL hand-off per batch, not
+one per task.
+
+fastpool/_core_py.py is the pure-Python twin of this module; both must keep the same
+interface (fastpool/_core.pyi), and the whole test suite runs against both.
+"""
+from cpython.ref cimport Py_INCREF, Py_DECREF
+from libcpp.vector cimport vector
+
+from fp_queue cimport Queue, OK, EMPTY, FULL, TIMEOUT, CLOSED
+
+import logging
+from time import monotonic
+
+cdef extern from "Python.h":
+    int PyErr_CheckSignals() except -1
+
+cdef object LOGGER = logging.getLogger("concurrent.futures")
+
+# A blocked put()/get() called from Python wakes this often to let signal handlers
+# (KeyboardInterrupt) run: a C wait cannot be interrupted otherwise.
+cdef double WAIT_SLICE = 0.05
+# Polls of the queue before a worker parks on the condition variable.
+cdef int SPIN = 64
+
+
+class QueueClosed(Exception):
+    """The queue was closed: nothing more can be put, and it is empty for getters."""
+
+
+class QueueEmpty(Exception):
+    """get() timed out on an empty queue."""
+
+
+cdef inline double _seconds(object timeout) except? -2.0:
+    """None -> -1 (wait forever); otherwise a non-negative float."""
+    if timeout is None:
+        return -1.0
+    cdef double t = timeout
+    if t != t:
+        raise ValueError("timeout must be a number, got nan")
+    return t if t > 0.0 else 0.0
+
+
+cdef inline object _steal(void *p):
+    """Turn a reference owned by the queue into a Python object (no net refcount change)."""
+    obj = <object>p   # +1
+    Py_DECREF(obj)    # the queue's reference, taken in put() with Py_INCREF
+    return obj
+
+
+cdef list _steal_all(vector[void *] &items):
+    cdef list out = []
+    cdef void *p
+    for p in items:
+        out.append(_steal(p))
+    return out
+
+
+cdef class WorkQueue:
+    """Bounded or unbounded MPMC queue of Python objects (maxsize=0: unbounded)."""
+
+    cdef Queue *q
+
+    def __cinit__(self, Py_ssize_t maxsize=0):
+        if maxsize < 0:
+            raise ValueError(f"maxsize must be >= 0, got {maxsize}")
+        self.q = new Queue(<size_t>maxsize)
+
+    def __dealloc__(self):
+        cdef vector[void *] left
+        if self.q != NULL:
+            self.q.drain(left)
+            for p in left:
+                Py_DECREF(<object>p)  # Was INCREFed in put()
+            del self.q
+            self.q = NULL
+
+    @property
+    def maxsize(self):
+        return self.q.maxsize()
+
+    @property
+    def closed(self):
+        return self.q.closed()
+
+    @property
+    def idle_workers(self):
+        """Workers currently waiting for work in run_worker()."""
+        return self.q.idle()
+
+    def qsize(self):
+        return self.q.size()
+
+    def __len__(self):
+        return self.q.size()
+
+    def put(self, item, timeout=None):
+        """Queue item; block while full. Return False on timeout; raise QueueClosed."""
+        cdef double t = _seconds(timeout)
+        cdef int st
+        Py_INCREF(item)  # owned by the queue until a getter steals it
+        st = self.q.try_push(<void *>item)
+        if st == FULL:
+            if t == 0.0:
+                st = TIMEOUT
+            else:
+                try:
+                    st = self._put_wait(<void *>item, t)
+                except BaseException:
+                    Py_DECREF(item)
+                    raise
+        if st == OK:
+            return True
+        Py_DECREF(item)
+        if st == CLOSED:
+            raise QueueClosed("queue is closed")
+        return False
+
+    def put_nowait(self, item):
+        """Queue item if there is room; return False if full. Raise QueueClosed."""
+        return self.put(item, 0.0)
+
+    cdef int _put_wait(self, void *p, double t) except -1:
+        cdef double deadline = monotonic() + t if t > 0 else 0.0
+        cdef double step
+        cdef int st
+        while True:
+            step = WAIT_SLICE if t < 0 else min(WAIT_SLICE, deadline - monotonic())
+            if step <= 0:
+                return TIMEOUT
+            with nogil:
+                st = self.q.push(p, step)
+            if st != TIMEOUT:
+                return st
+            PyErr_CheckSignals()
+
+    def get(self, timeout=None):
+        """Take the oldest item; block while empty.
+
+        Raise QueueEmpty on timeout, QueueClosed when closed and empty."""
+        cdef double t = _seconds(timeout)
+        cdef double deadline = monotonic() + t if t > 0 else 0.0
+        cdef double step
+        cdef void *p = NULL
+        cdef int st = self.q.try_pop(&p)
+        while st == EMPTY and t != 0.0:
+            step = WAIT_SLICE if t < 0 else min(WAIT_SLICE, deadline - monotonic())
+            if step <= 0:
+                break
+            with nogil:
+                st = self.q.pop(&p, step, 0)
+            if st == TIMEOUT:
+                st = EMPTY
+                PyErr_CheckSignals()
+        if st == OK:
+            return _steal(p)
+        if st == CLOSED:
+            raise QueueClosed("queue is closed")
+        raise QueueEmpty("queue is empty")
+
+    def get_nowait(self):
+        return self.get(0.0)
+
+    def close(self):
+        """Refuse further puts and wake every waiter; getters still drain what is queued."""
+        with nogil:
+            self.q.close()
+
+    def drain(self):
+        """Remove and return every queued item, oldest first."""
+        cdef vector[void *] items
+        self.q.drain(items)
+        return _steal_all(items)
+
+    # os.register_at_fork hooks (see fastpool/_forking.py).
+    def _before_fork(self):
+        with nogil:
+            self.q.lock_for_fork()
+
+    def _after_fork_parent(self):
+        self.q.unlock_after_fork()
+
+    def _after_fork_child(self):
+        """Reset the queue in a forked child; return the items it held."""
+        cdef vector[void *] items
+        self.q.reset_after_fork(items)
+        return _steal_all(items)
+
+
+cdef class WorkItem:
+    """One call to run: fn(*args, **kwargs), its outcome delivered to future.
+
+    run() follows concurrent.futures.thread._WorkItem.run exactly. Subclasses (the
+    Pool's tasks) override run(); the worker loop calls plain WorkItems without
+    going through Python attribute lookup.
+    """
+
+    cdef public object future
+    cdef public object fn
+    cdef public tuple args
+    cdef public dict kwargs
+
+    def __init__(self, future, fn, tuple args, dict kwargs):
+        self.future = future
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+    cpdef run(self):
+        future = self.future
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            if self.kwargs:
+                result = self.fn(*self.args, **self.kwargs)
+            else:
+                result = self.fn(*self.args)
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+
+cdef inline void _run_one(object item) noexcept:
+    # Never let an exception end the worker: run() delivers the task's own errors to
+    # its future; what reaches here came from elsewhere (e.g. a done-callback raising
+    # a BaseException), and is logged instead of killing the thread.
+    try:
+        if type(item) is WorkItem:
+            (<WorkItem>item).run()
+        else:
+            item.run()
+    except BaseException:
+        try:
+            LOGGER.exception("exception in fastpool worker running %r", item)
+        except BaseException:
+            pass
+
+
+def run_worker(WorkQueue queue, idle_timeout=None, on_idle=None):
+    """The worker loop: run items from queue until it is closed and empty.
+
+    After idle_timeout seconds without work, call on_idle(): the worker exits if it
+    returns true (or if on_idle is None). Return True when the queue closed, False
+    when the worker retired for idleness.
+    """
+    cdef Queue *q = queue.q
+    cdef void *p = NULL
+    cdef int st
+    cdef double t = _seconds(idle_timeout)
+    if t == 0.0:
+        t = 1e-6
+    # The worker counts as idle from here until it holds an item: the executor's
+    # submit() reads this to reuse idle workers before starting new threads.
+    q.add_idle(1)
+    try:
+        while True:
+            with nogil:
+                st = q.pop(&p, t, SPIN)
+                if st == OK:
+                    q.add_idle(-1)
+            if st == OK:
+                # Run this item and, without giving up the GIL, whatever else is queued.
+                while st == OK:
+                    _run_one(_steal(p))
+                    st = q.try_pop(&p)
+                # Idle again before the GIL is released: a thread woken by the result
+                # just delivered sees this worker as available.
+                q.add_idle(1)
+                if st == CLOSED:
+                    return True
+            elif st == CLOSED:
+                return True
+            elif on_idle is None or on_idle():
+                return False
+    finally:
+        q.add_idle(-1)

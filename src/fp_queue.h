@@ -1,0 +1,406 @@
+/* fp_queue.h -- the work queue at the heart of fastpool.
+ *
+ * Python-free C++ (it never touches a PyObject's refcount), so it can be tested
+ * alone under ThreadSanitizer (tests/native/test_ring.cpp) and called without the GIL.
+ *
+ *   Ring   a bounded multi-producer multi-consumer ring buffer (D. Vyukov's design:
+ *          one sequence number per slot, no lock on the fast path).
+ *   Queue  the ring plus what a pool needs around it: an exact bound (`maxsize`),
+ *          an overflow list for unbounded queues, parking of idle consumers and of
+ *          producers waiting for space, close(), drain() and fork support.
+ *
+ * Why C++ rather than C11: MSVC has no usable <stdatomic.h>, while <atomic>,
+ * <mutex> and <condition_variable> are portable across GCC, Clang and MSVC.
+ */
+#ifndef FP_QUEUE_H
+#define FP_QUEUE_H
+
+#if defined(_MSC_VER) && !defined(_DISABLE_CONSTEXPR_MUTEX_CONSTRUCTOR)
+/* MSVC 17.10 made std::mutex's constructor constexpr; an extension built that way
+ * crashes when an older msvcp140.dll was loaded first by another module. */
+#define _DISABLE_CONSTEXPR_MUTEX_CONSTRUCTOR
+#endif
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <new>
+#include <thread>
+#include <vector>
+
+#if defined(_MSC_VER)
+#include <intrin.h>
+#define FP_CPU_RELAX() _mm_pause()
+#elif defined(__x86_64__) || defined(__i386__)
+#define FP_CPU_RELAX() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define FP_CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define FP_CPU_RELAX() ((void)0)
+#endif
+
+namespace fp {
+
+enum Status { OK = 0, EMPTY = 1, FULL = 1, TIMEOUT = 2, CLOSED = 3 };
+
+/* Keeps the hot counters of producers and consumers on separate cache lines. */
+static const size_t CACHE_LINE = 64;
+
+/* ------------------------------------------------------------------------ Ring
+ * Memory ordering (why this is correct):
+ *  - Slot i carries seq. seq == pos      : free for the producer of position pos;
+ *                        seq == pos + 1  : holds the item of position pos;
+ *                        seq == pos + cap: freed by the consumer, ready for the next lap.
+ *  - A producer claims position pos by CAS on enqueue_pos, writes data, then stores
+ *    seq = pos + 1 with release. A consumer reads seq with acquire: seeing pos + 1
+ *    makes the data write visible before it reads data (release/acquire pair).
+ *  - The consumer reads data, then stores seq = pos + cap with release; the next
+ *    producer's acquire load of seq orders its data write after that read.
+ *  - The CAS on the positions only needs to be atomic (relaxed): the slot's seq is what
+ *    publishes data; the positions just hand out slots uniquely.
+ * A producer stalled between its CAS and its seq store makes that slot look empty to
+ * consumers (pop says EMPTY while later slots may be full); it is never lost: the
+ * producer signals waiting consumers after publishing (Queue::wake_consumer).
+ */
+class Ring {
+ public:
+  explicit Ring(size_t min_capacity) {
+    size_t cap = 2;
+    while (cap < min_capacity) cap <<= 1;
+    mask_ = cap - 1;
+    cells_ = new Cell[cap];
+    for (size_t i = 0; i < cap; i++) cells_[i].seq.store(i, std::memory_order_relaxed);
+    enqueue_pos_.store(0, std::memory_order_relaxed);
+    dequeue_pos_.store(0, std::memory_order_relaxed);
+  }
+  ~Ring() { delete[] cells_; }
+  Ring(const Ring &) = delete;
+  Ring &operator=(const Ring &) = delete;
+
+  size_t capacity() const { return mask_ + 1; }
+
+  bool push(void *data) {
+    Cell *cell;
+    size_t pos = enqueue_pos_.load(std::memory_order_relaxed);
+    for (;;) {
+      cell = &cells_[pos & mask_];
+      size_t seq = cell->seq.load(std::memory_order_acquire);
+      intptr_t dif = (intptr_t)seq - (intptr_t)pos;
+      if (dif == 0) {
+        if (enqueue_pos_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) break;
+      } else if (dif < 0) {
+        return false; /* full: the slot still holds last lap's item */
+      } else {
+        pos = enqueue_pos_.load(std::memory_order_relaxed);
+      }
+    }
+    cell->data = data;
+    cell->seq.store(pos + 1, std::memory_order_release);
+    return true;
+  }
+
+  bool pop(void **data) {
+    Cell *cell;
+    size_t pos = dequeue_pos_.load(std::memory_order_relaxed);
+    for (;;) {
+      cell = &cells_[pos & mask_];
+      size_t seq = cell->seq.load(std::memory_order_acquire);
+      intptr_t dif = (intptr_t)seq - (intptr_t)(pos + 1);
+      if (dif == 0) {
+        if (dequeue_pos_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) break;
+      } else if (dif < 0) {
+        return false; /* empty (or the producer of this slot has not published yet) */
+      } else {
+        pos = dequeue_pos_.load(std::memory_order_relaxed);
+      }
+    }
+    *data = cell->data;
+    cell->seq.store(pos + mask_ + 1, std::memory_order_release);
+    return true;
+  }
+
+  /* Only in a forked child, where no other thread exists: takes every published item
+   * and resets the ring. A slot claimed but not published at fork time belonged to a
+   * thread that does not exist here; it is skipped (its item stays with the parent). */
+  void salvage_after_fork(std::vector<void *> &out) {
+    size_t head = dequeue_pos_.load(std::memory_order_relaxed);
+    size_t tail = enqueue_pos_.load(std::memory_order_relaxed);
+    for (size_t pos = head; pos != tail; pos++) {
+      Cell *cell = &cells_[pos & mask_];
+      if (cell->seq.load(std::memory_order_relaxed) == pos + 1) out.push_back(cell->data);
+    }
+    for (size_t i = 0; i <= mask_; i++) cells_[i].seq.store(i, std::memory_order_relaxed);
+    enqueue_pos_.store(0, std::memory_order_relaxed);
+    dequeue_pos_.store(0, std::memory_order_relaxed);
+  }
+
+ private:
+  struct Cell {
+    std::atomic<size_t> seq;
+    void *data;
+  };
+  Cell *cells_;
+  size_t mask_;
+  alignas(CACHE_LINE) std::atomic<size_t> enqueue_pos_;
+  alignas(CACHE_LINE) std::atomic<size_t> dequeue_pos_;
+  char pad_[CACHE_LINE - sizeof(std::atomic<size_t>)];
+};
+
+/* ----------------------------------------------------------------------- Queue
+ * Bounded (maxsize > 0): `count_` reserves a place before an item enters the ring, so
+ * the bound is exact whatever the ring's power-of-two capacity.
+ * Unbounded (maxsize == 0): the ring takes what fits; the rest goes to `overflow_`
+ * (under the mutex). While the overflow is non-empty producers append to it, and
+ * consumers take from the ring first, so each producer's items stay in FIFO order.
+ *
+ * Parking (no lost wake-up): a waiter increments its waiting counter, issues a
+ * seq_cst fence and re-checks the queue, all while holding mu; the other side
+ * publishes, issues a seq_cst fence, and only if it sees a waiter takes mu to notify.
+ * Either the re-check sees the item/space or the notifier sees the waiter, and since
+ * notification happens under mu it cannot fall between the re-check and the wait.
+ *
+ * Closing (no stranded item): producers announce themselves in `inflight_` before
+ * they check `closing_`; close() sets `closing_`, waits for `inflight_` to reach zero,
+ * and only then sets `closed_`, which is what consumers look at. So when a consumer
+ * sees `closed_`, every accepted item is fully in the queue: "closed and nothing to
+ * pop" really means empty, and a worker that exits on it leaves nothing behind.
+ */
+class Queue {
+ public:
+  explicit Queue(size_t maxsize, size_t ring_capacity = 1024)
+      : ring_(maxsize ? maxsize : ring_capacity), maxsize_(maxsize), sync_(new Sync()) {}
+  /* sync_ may have been replaced after a fork; the old one is deliberately leaked. */
+  ~Queue() { delete sync_; }
+  Queue(const Queue &) = delete;
+  Queue &operator=(const Queue &) = delete;
+
+  size_t maxsize() const { return maxsize_; }
+  bool closed() const { return closing_.load(std::memory_order_acquire); }
+  size_t size() const {
+    ptrdiff_t n = count_.load(std::memory_order_relaxed) +
+                  (ptrdiff_t)overflow_len_.load(std::memory_order_relaxed);
+    return n > 0 ? (size_t)n : 0;
+  }
+  int idle() const { return idle_.load(std::memory_order_relaxed); }
+  void add_idle(int n) { idle_.fetch_add(n, std::memory_order_relaxed); }
+
+  /* Non-blocking. OK, FULL or CLOSED. */
+  int try_push(void *p) {
+    inflight_.fetch_add(1, std::memory_order_seq_cst);
+    int st = push_announced(p, false);
+    inflight_.fetch_sub(1, std::memory_order_seq_cst);
+    if (st == OK) wake_consumer();
+    return st;
+  }
+
+  /* Blocks while full (bounded queues only). timeout < 0: forever. OK, TIMEOUT, CLOSED. */
+  int push(void *p, double timeout) {
+    int st = try_push(p);
+    if (st != FULL || timeout == 0) return st == FULL ? TIMEOUT : st;
+    auto deadline = std::chrono::steady_clock::now() + to_duration(timeout);
+    std::unique_lock<std::mutex> lk(sync_->mu);
+    producers_waiting_.fetch_add(1, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    for (;;) {
+      inflight_.fetch_add(1, std::memory_order_seq_cst);
+      st = push_announced(p, true);
+      inflight_.fetch_sub(1, std::memory_order_seq_cst);
+      if (st != FULL) break;
+      if (timeout < 0) {
+        sync_->not_full.wait(lk);
+      } else if (sync_->not_full.wait_until(lk, deadline) == std::cv_status::timeout) {
+        inflight_.fetch_add(1, std::memory_order_seq_cst);
+        st = push_announced(p, true);
+        inflight_.fetch_sub(1, std::memory_order_seq_cst);
+        if (st == FULL) st = TIMEOUT;
+        break;
+      }
+    }
+    producers_waiting_.fetch_sub(1, std::memory_order_relaxed);
+    if (st == OK) {
+      /* We hold mu: notify a parked consumer directly. */
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (consumers_waiting_.load(std::memory_order_seq_cst) > 0) sync_->not_empty.notify_one();
+    }
+    return st;
+  }
+
+  /* Non-blocking. OK, EMPTY, or CLOSED (closed and empty). */
+  int try_pop(void **p) { return pop_impl(p, false); }
+
+  /* Blocks while empty. timeout < 0: forever. OK, TIMEOUT or CLOSED (closed and empty).
+   * Spins briefly first: a worker that just finished a task usually finds the next one
+   * within a few hundred nanoseconds, far cheaper than a futex sleep and wake-up. */
+  int pop(void **p, double timeout, int spin) {
+    int st;
+    for (int i = 0; i < spin; i++) {
+      st = pop_impl(p, false);
+      if (st != EMPTY) return st;
+      FP_CPU_RELAX();
+    }
+    auto deadline = std::chrono::steady_clock::now() + to_duration(timeout < 0 ? 0 : timeout);
+    std::unique_lock<std::mutex> lk(sync_->mu);
+    consumers_waiting_.fetch_add(1, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    for (;;) {
+      st = pop_impl(p, true);
+      if (st != EMPTY) break;
+      if (timeout < 0) {
+        sync_->not_empty.wait(lk);
+      } else if (timeout == 0 ||
+                 sync_->not_empty.wait_until(lk, deadline) == std::cv_status::timeout) {
+        st = pop_impl(p, true);
+        if (st == EMPTY) st = TIMEOUT;
+        break;
+      }
+    }
+    consumers_waiting_.fetch_sub(1, std::memory_order_relaxed);
+    return st;
+  }
+
+  /* No further push succeeds; waiters wake up. Consumers still drain what is queued. */
+  void close() {
+    closing_.store(true, std::memory_order_seq_cst);
+    while (inflight_.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+    std::lock_guard<std::mutex> lk(sync_->mu);
+    closed_.store(true, std::memory_order_seq_cst);
+    sync_->not_empty.notify_all();
+    sync_->not_full.notify_all();
+  }
+
+  /* Takes every queued item (for cancel_futures and shutdown reports). */
+  void drain(std::vector<void *> &out) {
+    void *p;
+    while (pop_impl(&p, false) == OK) out.push_back(p);
+  }
+
+  /* Fork support. Before fork: hold mu so the overflow list is consistent in the child.
+   * After, in the parent: release it. In the child: only this thread exists; salvage the
+   * items and start over with fresh synchronisation objects. The old ones are leaked on
+   * purpose: destroying a condition variable that had (now vanished) waiters can block. */
+  void lock_for_fork() { sync_->mu.lock(); }
+  void unlock_after_fork() { sync_->mu.unlock(); }
+  void reset_after_fork(std::vector<void *> &out) {
+    ring_.salvage_after_fork(out);
+    for (void *p : overflow_) out.push_back(p);
+    overflow_.clear();
+    overflow_len_.store(0);
+    count_.store(0);
+    inflight_.store(0);
+    consumers_waiting_.store(0);
+    producers_waiting_.store(0);
+    idle_.store(0);
+    sync_ = new Sync();
+  }
+
+ private:
+  struct Sync {
+    std::mutex mu;
+    std::condition_variable not_empty;
+    std::condition_variable not_full;
+  };
+
+  static std::chrono::steady_clock::duration to_duration(double seconds) {
+    if (seconds > 1e9) seconds = 1e9; /* ~31 years: avoids overflowing the clock */
+    return std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(seconds));
+  }
+
+  /* Caller has incremented inflight_. `locked`: caller holds mu. OK, FULL or CLOSED. */
+  int push_announced(void *p, bool locked) {
+    if (closing_.load(std::memory_order_seq_cst)) return CLOSED;
+    if (maxsize_) {
+      ptrdiff_t c = count_.load(std::memory_order_relaxed);
+      do {
+        if (c >= (ptrdiff_t)maxsize_) return FULL;
+      } while (!count_.compare_exchange_weak(c, c + 1, std::memory_order_relaxed));
+      /* The slot may still be mid-release by a consumer; it is ours, wait for it. */
+      while (!ring_.push(p)) std::this_thread::yield();
+      return OK;
+    }
+    if (overflow_len_.load(std::memory_order_seq_cst) == 0) {
+      count_.fetch_add(1, std::memory_order_relaxed);
+      if (ring_.push(p)) return OK;
+      count_.fetch_sub(1, std::memory_order_relaxed);
+    }
+    if (locked) {
+      push_overflow_locked(p);
+    } else {
+      std::lock_guard<std::mutex> lk(sync_->mu);
+      push_overflow_locked(p);
+    }
+    return OK;
+  }
+
+  void push_overflow_locked(void *p) {
+    overflow_.push_back(p);
+    overflow_len_.fetch_add(1, std::memory_order_seq_cst);
+  }
+
+  /* `locked`: caller holds mu. Reads closed_ *before* trying to pop: if it was set,
+   * every producer had finished, so a failed pop proves the queue empty. */
+  int pop_impl(void **p, bool locked) {
+    bool was_closed = closed_.load(std::memory_order_acquire);
+    if (ring_.pop(p)) {
+      count_.fetch_sub(1, std::memory_order_relaxed);
+      if (maxsize_) {
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+        if (producers_waiting_.load(std::memory_order_seq_cst) > 0) {
+          if (locked) {
+            sync_->not_full.notify_one();
+          } else {
+            std::lock_guard<std::mutex> lk(sync_->mu);
+            sync_->not_full.notify_one();
+          }
+        }
+      }
+      return OK;
+    }
+    if (overflow_len_.load(std::memory_order_seq_cst) != 0) {
+      if (locked) {
+        if (pop_overflow_locked(p)) return OK;
+      } else {
+        std::lock_guard<std::mutex> lk(sync_->mu);
+        if (pop_overflow_locked(p)) return OK;
+      }
+    }
+    return was_closed ? CLOSED : EMPTY;
+  }
+
+  bool pop_overflow_locked(void **p) {
+    if (overflow_.empty()) return false;
+    *p = overflow_.front();
+    overflow_.pop_front();
+    overflow_len_.fetch_sub(1, std::memory_order_seq_cst);
+    return true;
+  }
+
+  void wake_consumer() {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (consumers_waiting_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lk(sync_->mu);
+      sync_->not_empty.notify_one();
+    }
+  }
+
+  Ring ring_;
+  const size_t maxsize_;
+  Sync *sync_;
+  std::deque<void *> overflow_;
+  alignas(CACHE_LINE) std::atomic<ptrdiff_t> count_{0};
+  std::atomic<size_t> overflow_len_{0};
+  std::atomic<bool> closing_{false};
+  std::atomic<bool> closed_{false};
+  alignas(CACHE_LINE) std::atomic<int> inflight_{0};
+  std::atomic<int> consumers_waiting_{0};
+  std::atomic<int> producers_waiting_{0};
+  std::atomic<int> idle_{0};
+};
+
+}  // namespace fp
+
+#endif /* FP_QUEUE_H */

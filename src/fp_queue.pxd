@@ -1,0 +1,27 @@
+# Declarations of src/fp_queue.h for Cython (one .pxd per header, as uvloop's includes/).
+from libcpp.vector cimport vector
+
+cdef extern from "fp_queue.h" namespace "fp" nogil:
+    cdef enum Status "fp::Status":
+        OK "fp::OK"
+        EMPTY "fp::EMPTY"
+        FULL "fp::FULL"
+        TIMEOUT "fp::TIMEOUT"
+        CLOSED "fp::CLOSED"
+
+    cdef cppclass Queue "fp::Queue":
+        Queue(size_t maxsize) except +
+        size_t maxsize()
+        bint closed()
+        size_t size()
+        int idle()
+        void add_idle(int n)
+        int try_push(void *p)
+        int push(void *p, double timeout)
+        int try_pop(void **p)
+        int pop(void **p, double timeout, int spin)
+        void close()
+        void drain(vector[void *] &out) except +
+        void lock_for_fork()
+        void unlock_after_fork()
+        void reset_after_fork(vector[void *] &out) except +
