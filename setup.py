@@ -22,9 +22,10 @@ def _flag(name):
 
 class BuildExt(build_ext):
     def finalize_options(self):
-        super().finalize_options()
+        # Cythonize before setuptools finalizes: it annotates the Extension objects,
+        # and cythonize() returns new ones.
         if getattr(self, "_cythonized", False):
-            return
+            return super().finalize_options()
         import Cython
         from Cython.Build import cythonize
 
@@ -42,6 +43,7 @@ class BuildExt(build_ext):
             annotate=_flag("FASTPOOL_ANNOTATE"),
         )
         self._cythonized = True
+        super().finalize_options()
 
 
 def extensions():

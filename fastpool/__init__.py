@@ -13,9 +13,10 @@ from concurrent.futures import (
     wait,
 )
 
-from ._compat import NATIVE
-from ._future import Future
+from ._compat import NATIVE, core
 from .executor import BrokenThreadPool, ThreadPoolExecutor
+
+Future = core.Future
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,9 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-__all__ = ["QueueClosed", "QueueEmpty", "WorkItem", "WorkQueue", "run_worker"]
+from ._future import Future
+
+__all__ = ["Future", "QueueClosed", "QueueEmpty", "WorkItem", "WorkQueue", "run_worker"]
 
 LOGGER = logging.getLogger("concurrent.futures")
 

@@ -18,11 +18,12 @@ from concurrent.futures import thread as _thread
 from typing import Any, Callable, Iterable, Iterator
 
 from ._compat import core
-from ._future import Future, worker_local
+from ._future import worker_local
 
 __all__ = ["ThreadPoolExecutor", "BrokenThreadPool"]
 
 BrokenThreadPool = _thread.BrokenThreadPool
+Future = core.Future
 WorkItem = core.WorkItem
 QueueClosed = core.QueueClosed
 

@@ -11,13 +11,18 @@ one per task.
 fastpool/_core_py.py is the pure-Python twin of this module; both must keep the same
 interface (fastpool/_core.pyi), and the whole test suite runs against both.
 """
+cimport cython
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from libcpp.vector cimport vector
 
 from fp_queue cimport Queue, OK, EMPTY, FULL, TIMEOUT, CLOSED
 
 import logging
+import threading
+from concurrent.futures import _base
 from time import monotonic
+
+from fastpool._future import worker_local
 
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
@@ -27,8 +32,8 @@ cdef object LOGGER = logging.getLogger("concurrent.futures")
 # A blocked put()/get() called from Python wakes this often to let signal handlers
 # (KeyboardInterrupt) run: a C wait cannot be interrupted otherwise.
 cdef double WAIT_SLICE = 0.05
-# Polls of the queue before a worker parks on the condition variable.
-cdef int SPIN = 64
+# How long (ns) one idle worker polls the queue before parking (see fp_queue.h pop()).
+cdef long SPIN_NS = 50000
 
 
 class QueueClosed(Exception):
@@ -195,6 +200,269 @@ cdef class WorkQueue:
         return _steal_all(items)
 
 
+# ---------------------------------------------------------------------------- Future
+# The native twin of fastpool/_future.py (see its docstring for the contract). Here the
+# state machine needs no lock of its own: each transition is one critical section
+# (a no-op with the GIL, where compiled code between Python calls cannot be
+# interrupted; a per-object lock on free-threaded builds). The Condition (and the lock
+# it wraps) that stdlib helpers expect as `_condition` is created only when somebody
+# blocks on the future. Class-level defaults mean a new Future stores no attributes.
+#
+# Why that is safe with stdlib code that holds `_condition` (wait, as_completed):
+# a completer stores the new state *then* looks for the Condition; a waiter creates
+# the Condition *then* checks the state under it. So either the waiter sees the new
+# state, or the completer sees the Condition and notifies its waiters under its lock.
+
+cdef object PENDING = _base.PENDING
+cdef object RUNNING = _base.RUNNING
+cdef object CANCELLED = _base.CANCELLED
+cdef object CANCELLED_AND_NOTIFIED = _base.CANCELLED_AND_NOTIFIED
+cdef object FINISHED = _base.FINISHED
+cdef object CancelledError = _base.CancelledError
+cdef object InvalidStateError = _base.InvalidStateError
+cdef object _Condition = threading.Condition
+cdef object _RLock = threading.RLock
+
+
+cdef inline bint _is_done(object state):
+    return state is FINISHED or state is CANCELLED_AND_NOTIFIED or state is CANCELLED
+
+
+cdef inline bint _is_cancelled(object state):
+    return state is CANCELLED_AND_NOTIFIED or state is CANCELLED
+
+
+cdef object _get_condition(object fut):
+    cond = fut._cond
+    if cond is None:
+        new = _Condition(_RLock())
+        with cython.critical_section(fut):
+            cond = fut._cond
+            if cond is None:
+                fut._cond = cond = new
+    return cond
+
+
+cdef object _get_waiters(object fut):
+    waiters = fut._waiter_list
+    if waiters is None:
+        new = []
+        with cython.critical_section(fut):
+            waiters = fut._waiter_list
+            if waiters is None:
+                fut._waiter_list = waiters = new
+    return waiters
+
+
+cdef void _notify(object fut, object cond, str event) except *:
+    """Tell stdlib waiters (wait/as_completed) and result() sleepers of a transition."""
+    with cond:
+        waiters = fut._waiter_list
+        if waiters:
+            for waiter in waiters:
+                getattr(waiter, event)(fut)
+        cond.notify_all()
+
+
+cdef void _run_callbacks(object fut, object callbacks) except *:
+    cdef object error = None
+    for callback in callbacks:
+        try:
+            callback(fut)
+        except Exception:
+            LOGGER.exception("exception calling callback for %r", fut)
+        except BaseException as exc:
+            # In a pool worker, log it: the worker must survive. In the caller's thread
+            # (cancel(), set_result() called by user code) it propagates, as in the stdlib.
+            if getattr(worker_local, "active", False):
+                LOGGER.exception("exception calling callback for %r", fut)
+            elif error is None:
+                error = exc
+    if error is not None:
+        raise error
+
+
+cdef bint _set_running(object fut) except -1:
+    """PENDING -> RUNNING (True); a cancelled future -> CANCELLED_AND_NOTIFIED (False)."""
+    cdef bint notify = False
+    with cython.critical_section(fut):
+        state = fut._state
+        if state is PENDING:
+            fut._state = RUNNING
+            return True
+        if state is CANCELLED:
+            fut._state = CANCELLED_AND_NOTIFIED
+            notify = True
+        elif state is not CANCELLED_AND_NOTIFIED:
+            LOGGER.critical("Future %s in unexpected state: %s", id(fut), state)
+            raise RuntimeError("Future in unexpected state")
+        cond = fut._cond
+    if notify and cond is not None:
+        _notify(fut, cond, "add_cancelled")
+    return False
+
+
+cdef int _finish(object fut, object result, object exc) except -1:
+    """Store the outcome; FINISHED; notify; run callbacks. InvalidStateError if done."""
+    with cython.critical_section(fut):
+        state = fut._state
+        if _is_done(state):
+            raise InvalidStateError(f"{state}: {fut!r}")
+        if exc is None:
+            fut._result = result
+        else:
+            fut._exception = exc
+        fut._state = FINISHED
+        cond = fut._cond
+        callbacks = fut._callbacks
+    if cond is not None:
+        _notify(fut, cond, "add_result" if exc is None else "add_exception")
+    if callbacks:
+        _run_callbacks(fut, callbacks)
+    return 0
+
+
+class Future(_base.Future):
+    """Represents the result of an asynchronous computation (see concurrent.futures.Future)."""
+
+    _state = PENDING
+    _result = None
+    _exception = None
+    _cond = None
+    _callbacks = None
+    _waiter_list = None
+
+    def __init__(self):
+        pass
+
+    @property
+    def _condition(self):
+        return _get_condition(self)
+
+    @property
+    def _waiters(self):
+        return _get_waiters(self)
+
+    @property
+    def _done_callbacks(self):
+        callbacks = self._callbacks
+        if callbacks is None:
+            with cython.critical_section(self):
+                callbacks = self._callbacks
+                if callbacks is None:
+                    self._callbacks = callbacks = []
+        return callbacks
+
+    def _invoke_callbacks(self):
+        callbacks = self._callbacks
+        if callbacks:
+            _run_callbacks(self, callbacks)
+
+    def cancel(self):
+        with cython.critical_section(self):
+            state = self._state
+            if state is RUNNING or state is FINISHED:
+                return False
+            if _is_cancelled(state):
+                return True
+            self._state = CANCELLED_AND_NOTIFIED
+            cond = self._cond
+            callbacks = self._callbacks
+        if cond is not None:
+            _notify(self, cond, "add_cancelled")
+        if callbacks:
+            _run_callbacks(self, callbacks)
+        return True
+
+    def cancelled(self):
+        return _is_cancelled(self._state)
+
+    def running(self):
+        return self._state is RUNNING
+
+    def done(self):
+        return _is_done(self._state)
+
+    def _get_result(self):
+        exc = self._exception
+        if exc is not None:
+            try:
+                raise exc
+            finally:
+                # Break a reference cycle with the exception
+                exc = None
+        return self._result
+
+    def add_done_callback(self, fn):
+        with cython.critical_section(self):
+            if not _is_done(self._state):
+                callbacks = self._callbacks
+                if callbacks is None:
+                    self._callbacks = callbacks = []
+                callbacks.append(fn)
+                return
+        try:
+            fn(self)
+        except Exception:
+            LOGGER.exception("exception calling callback for %r", self)
+
+    def result(self, timeout=None):
+        state = self._state
+        if state is FINISHED:
+            return self._get_result()
+        if _is_cancelled(state):
+            raise CancelledError()
+        cond = _get_condition(self)
+        with cond:
+            state = self._state
+            if _is_cancelled(state):
+                raise CancelledError()
+            if state is FINISHED:
+                return self._get_result()
+            cond.wait(timeout)
+            state = self._state
+            if _is_cancelled(state):
+                raise CancelledError()
+            if state is FINISHED:
+                return self._get_result()
+            raise TimeoutError()
+
+    def exception(self, timeout=None):
+        state = self._state
+        if state is FINISHED:
+            return self._exception
+        if _is_cancelled(state):
+            raise CancelledError()
+        cond = _get_condition(self)
+        with cond:
+            state = self._state
+            if _is_cancelled(state):
+                raise CancelledError()
+            if state is FINISHED:
+                return self._exception
+            cond.wait(timeout)
+            state = self._state
+            if _is_cancelled(state):
+                raise CancelledError()
+            if state is FINISHED:
+                return self._exception
+            raise TimeoutError()
+
+    def set_running_or_notify_cancel(self):
+        return _set_running(self)
+
+    def set_result(self, result):
+        _finish(self, result, None)
+
+    def set_exception(self, exception):
+        _finish(self, None, exception)
+
+    for _name in ("cancel", "cancelled", "running", "done", "add_done_callback", "result",
+                  "exception", "set_running_or_notify_cancel", "set_result", "set_exception"):
+        locals()[_name].__doc__ = getattr(_base.Future, _name).__doc__
+    del _name
+
+
 cdef class WorkItem:
     """One call to run: fn(*args, **kwargs), its outcome delivered to future.
 
@@ -216,7 +484,12 @@ cdef class WorkItem:
 
     cpdef run(self):
         future = self.future
-        if not future.set_running_or_notify_cancel():
+        # Our own Future: transitions inline, no Python method calls.
+        cdef bint native = type(future) is Future
+        if native:
+            if not _set_running(future):
+                return
+        elif not future.set_running_or_notify_cancel():
             return
         try:
             if self.kwargs:
@@ -224,9 +497,15 @@ cdef class WorkItem:
             else:
                 result = self.fn(*self.args)
         except BaseException as exc:
-            future.set_exception(exc)
+            if native:
+                _finish(future, None, exc)
+            else:
+                future.set_exception(exc)
         else:
-            future.set_result(result)
+            if native:
+                _finish(future, result, None)
+            else:
+                future.set_result(result)
 
 
 cdef inline void _run_one(object item) noexcept:
@@ -264,7 +543,7 @@ def run_worker(WorkQueue queue, idle_timeout=None, on_idle=None):
     try:
         while True:
             with nogil:
-                st = q.pop(&p, t, SPIN)
+                st = q.pop(&p, t, SPIN_NS)
                 if st == OK:
                     q.add_idle(-1)
             if st == OK:

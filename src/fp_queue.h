@@ -233,18 +233,42 @@ class Queue {
   int try_pop(void **p) { return pop_impl(p, false); }
 
   /* Blocks while empty. timeout < 0: forever. OK, TIMEOUT or CLOSED (closed and empty).
-   * Spins briefly first: a worker that just finished a task usually finds the next one
-   * within a few hundred nanoseconds, far cheaper than a futex sleep and wake-up. */
-  int pop(void **p, double timeout, int spin) {
-    int st;
-    for (int i = 0; i < spin; i++) {
-      st = pop_impl(p, false);
-      if (st != EMPTY) return st;
-      FP_CPU_RELAX();
+   *
+   * Before parking, one consumer at a time spins for up to `spin_ns`: a worker that
+   * just finished a task usually sees the next one within microseconds, far cheaper
+   * than a futex sleep and wake-up (8-17 us each here). Only one spins so that idle
+   * workers never take more than one core from the threads producing the work; the
+   * rest park at once, and an idle pool stops spinning after spin_ns.
+   * Hand-off rule: producers wake a parked consumer only when nobody spins; a
+   * consumer that gets an item while more are queued wakes the next one, so parallel
+   * (GIL-releasing) work fans out to every worker. */
+  int pop(void **p, double timeout, long spin_ns) {
+    int st = pop_impl(p, false);
+    if (st != EMPTY) return st;
+    bool spinner = false;
+    if (spin_ns > 0) {
+      int expected = 0;
+      spinner = spinning_.compare_exchange_strong(expected, 1, std::memory_order_seq_cst);
+    }
+    if (spinner) {
+      auto end = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns);
+      for (unsigned i = 1;; i++) {
+        st = pop_impl(p, false);
+        if (st != EMPTY) {
+          spinning_.store(0, std::memory_order_seq_cst);
+          if (st == OK) wake_next();
+          return st;
+        }
+        FP_CPU_RELAX();
+        if ((i & 63) == 0 && std::chrono::steady_clock::now() >= end) break;
+      }
     }
     auto deadline = std::chrono::steady_clock::now() + to_duration(timeout < 0 ? 0 : timeout);
     std::unique_lock<std::mutex> lk(sync_->mu);
     consumers_waiting_.fetch_add(1, std::memory_order_seq_cst);
+    /* A spinner gives up its role only once registered as a waiter: a producer that
+     * saw it spinning (and so notified nobody) is then caught by the re-check below. */
+    if (spinner) spinning_.store(0, std::memory_order_seq_cst);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     for (;;) {
       st = pop_impl(p, true);
@@ -259,6 +283,9 @@ class Queue {
       }
     }
     consumers_waiting_.fetch_sub(1, std::memory_order_relaxed);
+    if (st == OK && size() > 0 && consumers_waiting_.load(std::memory_order_seq_cst) > 0 &&
+        spinning_.load(std::memory_order_seq_cst) == 0)
+      sync_->not_empty.notify_one(); /* we hold mu */
     return st;
   }
 
@@ -293,6 +320,7 @@ class Queue {
     inflight_.store(0);
     consumers_waiting_.store(0);
     producers_waiting_.store(0);
+    spinning_.store(0);
     idle_.store(0);
     sync_ = new Sync();
   }
@@ -381,10 +409,16 @@ class Queue {
 
   void wake_consumer() {
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (consumers_waiting_.load(std::memory_order_seq_cst) > 0) {
+    if (spinning_.load(std::memory_order_seq_cst) == 0 &&
+        consumers_waiting_.load(std::memory_order_seq_cst) > 0) {
       std::lock_guard<std::mutex> lk(sync_->mu);
       sync_->not_empty.notify_one();
     }
+  }
+
+  /* After taking an item: if more are queued and nobody spins, wake a parked consumer. */
+  void wake_next() {
+    if (size() > 0) wake_consumer();
   }
 
   Ring ring_;
@@ -398,6 +432,7 @@ class Queue {
   alignas(CACHE_LINE) std::atomic<int> inflight_{0};
   std::atomic<int> consumers_waiting_{0};
   std::atomic<int> producers_waiting_{0};
+  std::atomic<int> spinning_{0};
   std::atomic<int> idle_{0};
 };
 

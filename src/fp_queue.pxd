@@ -19,7 +19,7 @@ cdef extern from "fp_queue.h" namespace "fp" nogil:
         int try_push(void *p)
         int push(void *p, double timeout)
         int try_pop(void **p)
-        int pop(void **p, double timeout, int spin)
+        int pop(void **p, double timeout, long spin_ns)
         void close()
         void drain(vector[void *] &out) except +
         void lock_for_fork()
