@@ -10,11 +10,13 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import CancelledError as _base_CancelledError
 from typing import Any, Callable
 
 from ._future import Future
 
-__all__ = ["Future", "QueueClosed", "QueueEmpty", "WorkItem", "WorkQueue", "run_worker"]
+__all__ = ["Future", "MapJob", "QueueClosed", "QueueEmpty", "WorkItem", "WorkQueue",
+           "run_worker"]
 
 LOGGER = logging.getLogger("concurrent.futures")
 
@@ -169,6 +171,10 @@ class WorkItem:
         self.args = args
         self.kwargs = kwargs
 
+    def cancel(self) -> bool:
+        """Called for items removed from the queue unrun (shutdown(cancel_futures=True))."""
+        return bool(self.future.cancel())
+
     def run(self) -> None:
         future = self.future
         if not future.set_running_or_notify_cancel():
@@ -181,6 +187,191 @@ class WorkItem:
             self = None  # type: ignore[assignment]
         else:
             future.set_result(result)
+
+
+class _Failure:
+    """A result slot holding the exception an item raised."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _MapRunner:
+    __slots__ = ("job",)
+
+    def __init__(self, job: _MapState) -> None:
+        self.job = job
+
+    def cancel(self) -> None:
+        """Removed from the queue unrun: the job cannot complete any more."""
+        self.job._abort()
+
+    def run(self) -> None:
+        self.job._run()
+
+
+class _MapState:
+    """See fastpool._core: the same algorithm, one item per step (no chunking)."""
+
+    def __init__(self, fn: Callable[..., Any], inputs: Any, enqueue: Callable[[Any], None],
+                 max_runners: int, *, star: bool = True, ordered: bool = True,
+                 return_exceptions: bool = False, buffersize: int | None = None,
+                 chunksize: int = 1, timeout: float | None = None) -> None:
+        self.fn = fn
+        self.source = iter(inputs)
+        self.enqueue = enqueue
+        self.star = star
+        self.ordered = ordered
+        self.return_exceptions = return_exceptions
+        self.max_runners = max(1, max_runners)
+        self.buffersize = buffersize or 0
+        self.input_done = False
+        self.cancelled = False
+        self.aborted = False
+        self.runners = 0
+        self.pending: deque[Any] = deque()
+        self.taken = 0
+        self.fed = 0
+        self.yielded = 0
+        self.results: dict[int, Any] = {}
+        self.done: deque[Any] = deque()
+        self.cond = threading.Condition(threading.Lock())
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self._feed(self.buffersize or -1)
+
+    def _feed(self, n: int) -> None:
+        if self.input_done or self.cancelled:
+            return
+        if n < 0:
+            batch = list(self.source)
+            self.input_done = True
+        else:
+            batch = []
+            for item in self.source:
+                batch.append(item)
+                if len(batch) >= n:
+                    break
+            else:
+                self.input_done = True
+        if not batch:
+            return
+        with self.cond:
+            self.pending.extend(batch)
+            self.fed += len(batch)
+            want = min(self.max_runners, len(self.pending)) - self.runners
+            if want > 0:
+                self.runners += want
+        for _ in range(max(want, 0)):
+            try:
+                self.enqueue(_MapRunner(self))
+            except BaseException:
+                with self.cond:
+                    self.runners -= 1
+                raise
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                if self.cancelled or not self.pending:
+                    self.runners -= 1
+                    return
+                index = self.taken
+                item = self.pending.popleft()
+                self.taken += 1
+            try:
+                result = self.fn(*item) if self.star else self.fn(item)
+            except BaseException as exc:
+                result = _Failure(exc)
+            del item
+            with self.cond:
+                if self.ordered:
+                    self.results[index] = result
+                else:
+                    self.done.append(result)
+                self.cond.notify_all()
+
+    def _abort(self) -> None:
+        with self.cond:
+            self.aborted = True
+            self.cancelled = True
+            self.runners -= 1
+            self.cond.notify_all()
+
+    def _next(self) -> Any:
+        if self.buffersize and not self.input_done and not self.cancelled:
+            self._feed(1)
+        while True:
+            if self.cancelled and not self.aborted:
+                raise StopIteration
+            with self.cond:
+                found = False
+                if self.ordered:
+                    if self.yielded in self.results:
+                        result = self.results.pop(self.yielded)
+                        found = True
+                elif self.done:
+                    result = self.done.popleft()
+                    found = True
+                if found:
+                    self.yielded += 1
+                else:
+                    if self.input_done and self.yielded >= self.fed:
+                        raise StopIteration
+                    if self.aborted:
+                        self.cancelled = True
+                        raise _base_CancelledError()
+                    if self.deadline is not None:
+                        remaining = self.deadline - time.monotonic()
+                        if remaining <= 0:
+                            self.cancelled = True
+                            raise TimeoutError()
+                        self.cond.wait(min(remaining, 0.05))
+                    else:
+                        self.cond.wait(0.05)
+                    continue
+            if type(result) is _Failure:
+                if not self.return_exceptions:
+                    self.close()
+                    raise result.error
+                return result.error
+            return result
+
+    def close(self) -> None:
+        with self.cond:
+            self.cancelled = True
+            self.results.clear()
+            self.done.clear()
+            self.pending.clear()
+
+
+class MapJob:
+    """Iterator over fn applied to the inputs, computed by the pool's workers.
+
+    MapJob(fn, inputs, enqueue, max_runners, *, star=True, ordered=True,
+           return_exceptions=False, buffersize=None, chunksize=1, timeout=None)
+    (see fastpool._core.MapJob); dropping it cancels what has not started.
+    """
+
+    def __init__(self, fn: Callable[..., Any], inputs: Any, enqueue: Callable[[Any], None],
+                 max_runners: int, **options: Any) -> None:
+        self._state = _MapState(fn, inputs, enqueue, max_runners, **options)
+
+    def __del__(self) -> None:
+        state = getattr(self, "_state", None)
+        if state is not None:
+            state.cancelled = True
+
+    def __iter__(self) -> MapJob:
+        return self
+
+    def __next__(self) -> Any:
+        return self._state._next()
+
+    def close(self) -> None:
+        """Stop: inputs not started yet are never run."""
+        self._state.close()
 
 
 def _run_one(item: Any) -> None:

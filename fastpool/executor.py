@@ -7,11 +7,8 @@ loop. The only intended differences are two stdlib bugs it fixes (see _future.py
 
 from __future__ import annotations
 
-import collections
-import itertools
 import os
 import threading
-import time
 import weakref
 from concurrent.futures import _base
 from concurrent.futures import thread as _thread
@@ -96,17 +93,6 @@ def _worker(executor_reference: weakref.ref[ThreadPoolExecutor], work_queue: Any
                 executor._initializer_failed()
             return
     core.run_worker(work_queue)
-
-
-def _result_or_cancel(fut: Any, timeout: float | None = None) -> Any:
-    try:
-        try:
-            return fut.result(timeout)
-        finally:
-            fut.cancel()
-    finally:
-        # Break a reference cycle with the exception in self._exception
-        del fut
 
 
 class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
@@ -219,46 +205,25 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
             chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:
         """Returns an iterator equivalent to map(fn, iter).
 
-        As the stdlib: every call is submitted up front unless `buffersize` is given, in
-        which case at most `buffersize` calls are in flight and the input is consumed
-        lazily (the Python 3.14 behaviour, on every version). Results come in input
-        order; `timeout` counts from this call; the remaining calls are cancelled when
-        the iterator is closed or raises.
+        As the stdlib: the inputs are all taken now, in the calling thread, unless
+        `buffersize` is given, in which case at most about `buffersize` calls are in
+        flight and the input is consumed lazily (the Python 3.14 behaviour, offered on
+        every version). Results come in input order; `timeout` counts from this call;
+        what has not started is cancelled when the iterator is closed, dropped or
+        raises. Unlike the stdlib there is no Future per item: workers take the inputs
+        in chunks sized to how long each call takes (`chunksize` is the smallest).
         """
         if buffersize is not None and not isinstance(buffersize, int):
             raise TypeError("buffersize must be an integer or None")
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
-        if timeout is not None:
-            end_time = timeout + time.monotonic()
-
-        zipped = zip(*iterables)
-        if buffersize:
-            fs = collections.deque(self.submit(fn, *args)
-                                   for args in itertools.islice(zipped, buffersize))
+        if len(iterables) == 1:
+            inputs, star = iterables[0], False
         else:
-            fs = collections.deque(self.submit(fn, *args) for args in zipped)
-
-        executor_weakref = weakref.ref(self)
-
-        def result_iterator() -> Iterator[Any]:
-            try:
-                # reverse to keep finishing order
-                fs.reverse()
-                while fs:
-                    if (buffersize and (executor := executor_weakref())
-                            and (args := next(zipped, None))):
-                        fs.appendleft(executor.submit(fn, *args))
-                    # Careful not to keep a reference to the popped future
-                    if timeout is None:
-                        yield _result_or_cancel(fs.pop())
-                    else:
-                        yield _result_or_cancel(fs.pop(), end_time - time.monotonic())
-            finally:
-                for future in fs:
-                    future.cancel()
-
-        return result_iterator()
+            inputs, star = zip(*iterables), True
+        return core.MapJob(fn, inputs, self._enqueue, self._max_workers, star=star,
+                           buffersize=buffersize, chunksize=max(1, chunksize),
+                           timeout=timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._shutdown_lock:
@@ -267,7 +232,7 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
             if cancel_futures:
                 # Workers may still take some of what is queued; the rest never runs.
                 for item in self._work_queue.drain():
-                    item.future.cancel()
+                    item.cancel()
         if wait:
             me = threading.current_thread()
             for t in list(self._threads):

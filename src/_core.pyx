@@ -15,7 +15,8 @@ cimport cython
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from libcpp.vector cimport vector
 
-from fp_queue cimport Queue, OK, EMPTY, FULL, TIMEOUT, CLOSED
+from fp_queue cimport Queue, Signal, OK, EMPTY, FULL, TIMEOUT, CLOSED
+from fp_queue cimport monotonic as c_monotonic
 
 import logging
 import threading
@@ -482,6 +483,10 @@ cdef class WorkItem:
         self.args = args
         self.kwargs = kwargs
 
+    def cancel(self):
+        """Called for items removed from the queue unrun (shutdown(cancel_futures=True))."""
+        return self.future.cancel()
+
     cpdef run(self):
         future = self.future
         # Our own Future: transitions inline, no Python method calls.
@@ -506,6 +511,297 @@ cdef class WorkItem:
                 _finish(future, result, None)
             else:
                 future.set_result(result)
+
+
+# ------------------------------------------------------------------------------- map
+# map() without a Future per item. A MapJob holds the inputs; "runner" work items in
+# the pool's queue take them in chunks and store the results; the job, which is its
+# own iterator, hands them out. A runner sizes its chunks by how long items take:
+# it starts with one item and doubles while a chunk finishes in under CHUNK_TARGET
+# seconds, so a no-op map costs about one C loop iteration per item while slow
+# (I/O-like) items still spread one by one over every worker. Cancellation is
+# checked before every item, so closing the iterator stops the work promptly.
+
+cdef double CHUNK_TARGET = 0.0002
+cdef Py_ssize_t CHUNK_MAX = 1024
+
+
+cdef class _Failure:
+    """A result slot holding the exception an item raised."""
+    cdef readonly object error
+
+    def __cinit__(self, error):
+        self.error = error
+
+
+cdef class _MapRunner:
+    cdef _MapState job
+
+    def __cinit__(self, _MapState job):
+        self.job = job
+
+    def cancel(self):
+        """Removed from the queue unrun: the job cannot complete any more."""
+        self.job._abort()
+
+    def run(self):
+        self.job._run()
+
+
+cdef class _MapState:
+    """Iterator over fn applied to the inputs, computed by the pool's workers.
+
+    MapJob(fn, inputs, enqueue, max_runners, *, star=True, ordered=True,
+           return_exceptions=False, buffersize=None, chunksize=1, timeout=None)
+
+    inputs: an iterator of argument tuples (star=True) or of single arguments. With
+    buffersize=None every input is taken now, in the caller's thread (the stdlib's
+    eager map); otherwise buffersize inputs are taken now and one more each time a
+    result is requested, also in the caller's thread. enqueue(item) puts a runner on
+    the pool's queue. timeout counts from construction. Results come in input order
+    (ordered=True) or as chunks complete. An item's exception is raised where its
+    result would be (then the job is cancelled), or returned with return_exceptions.
+    """
+
+    cdef object fn
+    cdef object source
+    cdef object enqueue
+    cdef bint star, ordered, return_exceptions
+    cdef bint input_done      # the source is exhausted
+    cdef bint cancelled       # consumer gone: runners stop taking items
+    cdef bint aborted         # runners were removed unrun: raise CancelledError
+    cdef Py_ssize_t buffersize, min_chunk, max_runners, runners
+    cdef list pending         # inputs not yet taken; pending[head:] are live
+    cdef Py_ssize_t head
+    cdef Py_ssize_t taken     # inputs taken by runners (index of pending[head])
+    cdef Py_ssize_t fed       # inputs taken from the source
+    cdef Py_ssize_t yielded
+    cdef dict chunks          # ordered: first index -> results
+    cdef list done            # unordered: completed result lists
+    cdef list cur
+    cdef Py_ssize_t cur_pos
+    cdef double deadline
+    cdef Signal *signal
+
+    def __cinit__(self):
+        self.signal = new Signal()
+
+    def __dealloc__(self):
+        del self.signal
+
+    def __init__(self, fn, inputs, enqueue, Py_ssize_t max_runners, *, bint star=True,
+                 bint ordered=True, bint return_exceptions=False, buffersize=None,
+                 Py_ssize_t chunksize=1, timeout=None):
+        self.fn = fn
+        self.source = iter(inputs)
+        self.enqueue = enqueue
+        self.star = star
+        self.ordered = ordered
+        self.return_exceptions = return_exceptions
+        self.max_runners = max(1, max_runners)
+        self.min_chunk = max(1, chunksize)
+        self.buffersize = 0 if buffersize is None else buffersize
+        self.pending = []
+        self.chunks = {}
+        self.done = []
+        self.deadline = -1.0 if timeout is None else c_monotonic() + timeout
+        if self.buffersize:
+            self._feed(self.buffersize)
+        else:
+            self._feed(-1)
+
+    cdef int _feed(self, Py_ssize_t n) except -1:
+        """Take up to n inputs (-1: all) from the source; start runners as needed."""
+        cdef Py_ssize_t count = 0, want = 0
+        cdef list batch
+        if self.input_done or self.cancelled:
+            return 0
+        if n < 0:
+            batch = list(self.source)
+            self.input_done = True
+        else:
+            batch = []
+            for item in self.source:
+                batch.append(item)
+                count += 1
+                if count >= n:
+                    break
+            else:
+                self.input_done = True
+        if not batch:
+            return 0
+        with cython.critical_section(self):
+            if self.head == len(self.pending):
+                self.pending = batch
+                self.head = 0
+            else:
+                self.pending.extend(batch)
+            self.fed += len(batch)
+            want = min(self.max_runners, len(self.pending) - self.head) - self.runners
+            if want > 0:
+                self.runners += want
+        for _ in range(want):
+            try:
+                self.enqueue(_MapRunner(self))
+            except BaseException:
+                with cython.critical_section(self):
+                    self.runners -= 1
+                raise
+        return 0
+
+    cdef inline object _call(self, object item):
+        if self.star:
+            return self.fn(*item)
+        return self.fn(item)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef void _run(self) except *:
+        """A runner's loop: take a chunk, compute it, publish it; until nothing is left."""
+        cdef Py_ssize_t size = self.min_chunk, start, i, n
+        cdef list items, results
+        cdef double t0, elapsed
+        while True:
+            with cython.critical_section(self):
+                n = len(self.pending) - self.head
+                if self.cancelled or n <= 0:
+                    self.runners -= 1
+                    return
+                if size > n:
+                    size = n
+                start = self.taken
+                items = self.pending[self.head:self.head + size]
+                # Drop our references to the inputs; compact now and then.
+                self.head += size
+                self.taken += size
+                if self.head >= 4096 and self.head * 2 >= len(self.pending):
+                    del self.pending[:self.head]
+                    self.head = 0
+            results = [None] * size
+            t0 = c_monotonic()
+            for i in range(size):
+                if self.cancelled:
+                    # Never started: reported as cancelled if anyone still looks.
+                    results[i] = _Failure(CancelledError())
+                    continue
+                try:
+                    results[i] = self._call(items[i])
+                except BaseException as exc:
+                    results[i] = _Failure(exc)
+            items = None
+            elapsed = c_monotonic() - t0
+            with cython.critical_section(self):
+                if self.ordered:
+                    self.chunks[start] = results
+                else:
+                    self.done.append(results)
+            self.signal.notify()
+            # Adapt: fast items -> bigger chunks (fewer hand-offs); slow -> one by one.
+            if elapsed < CHUNK_TARGET:
+                size = min(size * 2, CHUNK_MAX)
+            elif elapsed > 4 * CHUNK_TARGET and size > self.min_chunk:
+                size = max(size // 2, self.min_chunk)
+
+    def _abort(self):
+        with cython.critical_section(self):
+            self.aborted = True
+            self.cancelled = True
+            self.runners -= 1
+        self.signal.notify()
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef object _next(self):
+        cdef object r
+        cdef object chunk
+        cdef bint finished
+        cdef unsigned long seen
+        cdef double remaining
+        cdef bint ok
+        # As the stdlib's lazy map: each step takes one more input before its result.
+        if self.buffersize and not self.input_done and not self.cancelled:
+            self._feed(1)
+        while True:
+            if self.cur is not None:
+                if self.cur_pos < len(self.cur):
+                    r = self.cur[self.cur_pos]
+                    self.cur_pos += 1
+                    self.yielded += 1
+                    if type(r) is _Failure:
+                        if not self.return_exceptions:
+                            self.close()
+                            raise (<_Failure>r).error
+                        r = (<_Failure>r).error
+                    return r
+                self.cur = None
+            if self.cancelled and not self.aborted:
+                raise StopIteration
+            seen = self.signal.generation()
+            with cython.critical_section(self):
+                if self.ordered:
+                    chunk = self.chunks.pop(self.yielded, None)
+                elif self.done:
+                    chunk = self.done.pop(0)
+                else:
+                    chunk = None
+                finished = self.input_done and self.yielded >= self.fed
+            if chunk is not None:
+                self.cur = chunk
+                self.cur_pos = 0
+                continue
+            if finished:
+                raise StopIteration
+            if self.aborted:
+                self.close()
+                raise CancelledError()
+            if self.deadline >= 0:
+                remaining = self.deadline - c_monotonic()
+                if remaining <= 0:
+                    self.close()
+                    raise TimeoutError()
+                remaining = min(remaining, WAIT_SLICE)
+            else:
+                remaining = WAIT_SLICE
+            with nogil:
+                ok = self.signal.wait(seen, remaining)
+            if not ok:
+                PyErr_CheckSignals()
+
+    def close(self):
+        """Stop: inputs not started yet are never run."""
+        self.cancelled = True
+        self.cur = None
+        with cython.critical_section(self):
+            self.chunks.clear()
+            self.done.clear()
+
+
+cdef class MapJob:
+    """The consumer's side of a map (see _MapState); dropping it cancels the rest.
+
+    MapJob(fn, inputs, enqueue, max_runners, *, star=True, ordered=True,
+           return_exceptions=False, buffersize=None, chunksize=1, timeout=None)
+    """
+    cdef _MapState state
+
+    def __init__(self, fn, inputs, enqueue, Py_ssize_t max_runners, **options):
+        self.state = _MapState(fn, inputs, enqueue, max_runners, **options)
+
+    def __dealloc__(self):
+        # Runners keep the state alive; this is the consumer letting go (as the
+        # stdlib's map generator cancels its futures when it is closed or collected).
+        if self.state is not None:
+            self.state.cancelled = True
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.state._next()
+
+    def close(self):
+        """Stop: inputs not started yet are never run."""
+        self.state.close()
 
 
 cdef inline void _run_one(object item) noexcept:

@@ -436,6 +436,49 @@ class Queue {
   std::atomic<int> idle_{0};
 };
 
+/* ---------------------------------------------------------------------- Signal
+ * A generation counter with a condition variable, for a consumer that waits (without
+ * the GIL) for "something changed" from producers (map results). wait() returns when
+ * the generation differs from the one the caller saw before it last checked its data,
+ * so a change made between that check and the wait is never missed. */
+class Signal {
+ public:
+  unsigned long generation() const { return gen_.load(std::memory_order_seq_cst); }
+  void notify() {
+    gen_.fetch_add(1, std::memory_order_seq_cst);
+    if (waiters_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lk(mu_);
+      cv_.notify_all();
+    }
+  }
+  /* true if the generation moved on, false on timeout (timeout < 0: forever). */
+  bool wait(unsigned long seen, double timeout) {
+    std::unique_lock<std::mutex> lk(mu_);
+    waiters_.fetch_add(1, std::memory_order_seq_cst);
+    auto changed = [&] { return gen_.load(std::memory_order_seq_cst) != seen; };
+    bool ok;
+    if (timeout < 0) {
+      cv_.wait(lk, changed);
+      ok = true;
+    } else {
+      ok = cv_.wait_for(lk, std::chrono::duration<double>(timeout > 1e9 ? 1e9 : timeout), changed);
+    }
+    waiters_.fetch_sub(1, std::memory_order_seq_cst);
+    return ok;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<unsigned long> gen_{0};
+  std::atomic<int> waiters_{0};
+};
+
+/* Seconds on a monotonic clock, for measuring how long a chunk of map work took. */
+static inline double monotonic() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 }  // namespace fp
 
 #endif /* FP_QUEUE_H */

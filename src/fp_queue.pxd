@@ -25,3 +25,11 @@ cdef extern from "fp_queue.h" namespace "fp" nogil:
         void lock_for_fork()
         void unlock_after_fork()
         void reset_after_fork(vector[void *] &out) except +
+
+    cdef cppclass Signal "fp::Signal":
+        Signal() except +
+        unsigned long generation()
+        void notify()
+        bint wait(unsigned long seen, double timeout)
+
+    double monotonic "fp::monotonic"()
