@@ -11,6 +11,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import CancelledError as _base_CancelledError
+from concurrent.futures import TimeoutError as _FuturesTimeoutError
 from typing import Any, Callable
 
 from ._future import Future
@@ -206,7 +207,9 @@ class _MapRunner:
 
     def cancel(self) -> None:
         """Removed from the queue unrun: the job cannot complete any more."""
-        self.job._abort()
+        with self.job.cond:
+            self.job.runners -= 1
+        self.job.abort()
 
     def run(self) -> None:
         self.job._run()
@@ -292,11 +295,12 @@ class _MapState:
                     self.done.append(result)
                 self.cond.notify_all()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """The pool is cancelling its work: inputs not started yet never run, and the
+        consumer gets CancelledError where their results would be."""
         with self.cond:
             self.aborted = True
             self.cancelled = True
-            self.runners -= 1
             self.cond.notify_all()
 
     def _next(self) -> Any:
@@ -319,14 +323,16 @@ class _MapState:
                 else:
                     if self.input_done and self.yielded >= self.fed:
                         raise StopIteration
-                    if self.aborted:
+                    # Aborted: busy runners may still publish it; once none is left,
+                    # it never comes.
+                    if self.aborted and self.runners <= 0:
                         self.cancelled = True
                         raise _base_CancelledError()
                     if self.deadline is not None:
                         remaining = self.deadline - time.monotonic()
                         if remaining <= 0:
                             self.cancelled = True
-                            raise TimeoutError()
+                            raise _FuturesTimeoutError()
                         self.cond.wait(min(remaining, 0.05))
                     else:
                         self.cond.wait(0.05)
@@ -372,6 +378,10 @@ class MapJob:
     def close(self) -> None:
         """Stop: inputs not started yet are never run."""
         self._state.close()
+
+    def abort(self) -> None:
+        """Cancel what has not started; the consumer gets CancelledError for it."""
+        self._state.abort()
 
 
 def _run_one(item: Any) -> None:

@@ -45,6 +45,8 @@ _DONE_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 LOGGER = _base.LOGGER
 CancelledError = _base.CancelledError
 InvalidStateError = _base.InvalidStateError
+# On 3.10 concurrent.futures.TimeoutError is its own class (the builtin from 3.11).
+FuturesTimeoutError = _base.TimeoutError
 
 _RLock = threading.RLock
 _Condition = threading.Condition
@@ -149,7 +151,7 @@ class Future(_base.Future):  # type: ignore[type-arg]
                     raise CancelledError()
                 if state == FINISHED:
                     return self._get_result()
-                raise TimeoutError()
+                raise FuturesTimeoutError()
         finally:
             # Break a reference cycle with the exception in self._exception
             self = None  # type: ignore[assignment]
@@ -172,7 +174,7 @@ class Future(_base.Future):  # type: ignore[type-arg]
                 raise CancelledError()
             if state == FINISHED:
                 return self._exception
-            raise TimeoutError()
+            raise FuturesTimeoutError()
 
     def set_running_or_notify_cancel(self) -> bool:
         with self._lock:

@@ -125,6 +125,8 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         self._thread_name_prefix = thread_name_prefix or ("ThreadPoolExecutor-%d" % self._counter())
         self._initializer = initializer
         self._initargs = initargs
+        # Live map() jobs, so shutdown(cancel_futures=True) can cancel their unstarted items.
+        self._map_jobs: weakref.WeakSet[Any] = weakref.WeakSet()
         _executors.add(self)
 
     def _make_queue(self) -> Any:
@@ -221,9 +223,10 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
             inputs, star = iterables[0], False
         else:
             inputs, star = zip(*iterables), True
-        return core.MapJob(fn, inputs, self._enqueue, self._max_workers, star=star,
-                           buffersize=buffersize, chunksize=max(1, chunksize),
-                           timeout=timeout)
+        job = core.MapJob(fn, inputs, self._enqueue, self._max_workers, star=star,
+                          buffersize=buffersize, chunksize=max(1, chunksize), timeout=timeout)
+        self._map_jobs.add(job)
+        return job
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._shutdown_lock:
@@ -233,6 +236,8 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
                 # Workers may still take some of what is queued; the rest never runs.
                 for item in self._work_queue.drain():
                     item.cancel()
+                for job in list(self._map_jobs):
+                    job.abort()
         if wait:
             me = threading.current_thread()
             for t in list(self._threads):

@@ -221,6 +221,8 @@ cdef object CANCELLED_AND_NOTIFIED = _base.CANCELLED_AND_NOTIFIED
 cdef object FINISHED = _base.FINISHED
 cdef object CancelledError = _base.CancelledError
 cdef object InvalidStateError = _base.InvalidStateError
+# On 3.10 concurrent.futures.TimeoutError is its own class (the builtin from 3.11).
+cdef object FuturesTimeoutError = _base.TimeoutError
 cdef object _Condition = threading.Condition
 cdef object _RLock = threading.RLock
 
@@ -426,7 +428,7 @@ class Future(_base.Future):
                 raise CancelledError()
             if state is FINISHED:
                 return self._get_result()
-            raise TimeoutError()
+            raise FuturesTimeoutError()
 
     def exception(self, timeout=None):
         state = self._state
@@ -447,7 +449,7 @@ class Future(_base.Future):
                 raise CancelledError()
             if state is FINISHED:
                 return self._exception
-            raise TimeoutError()
+            raise FuturesTimeoutError()
 
     def set_running_or_notify_cancel(self):
         return _set_running(self)
@@ -542,7 +544,9 @@ cdef class _MapRunner:
 
     def cancel(self):
         """Removed from the queue unrun: the job cannot complete any more."""
-        self.job._abort()
+        with cython.critical_section(self.job):
+            self.job.runners -= 1
+        self.job.abort()
 
     def run(self):
         self.job._run()
@@ -702,11 +706,12 @@ cdef class _MapState:
             elif elapsed > 4 * CHUNK_TARGET and size > self.min_chunk:
                 size = max(size // 2, self.min_chunk)
 
-    def _abort(self):
+    def abort(self):
+        """The pool is cancelling its work: inputs not started yet never run, and the
+        consumer gets CancelledError where their results would be."""
         with cython.critical_section(self):
             self.aborted = True
             self.cancelled = True
-            self.runners -= 1
         self.signal.notify()
 
     @cython.boundscheck(False)
@@ -751,14 +756,16 @@ cdef class _MapState:
                 continue
             if finished:
                 raise StopIteration
-            if self.aborted:
+            # Aborted: runners still busy may yet publish the result we want (as the
+            # stdlib's running futures complete); once none is left, it never comes.
+            if self.aborted and self.runners <= 0:
                 self.close()
                 raise CancelledError()
             if self.deadline >= 0:
                 remaining = self.deadline - c_monotonic()
                 if remaining <= 0:
                     self.close()
-                    raise TimeoutError()
+                    raise FuturesTimeoutError()
                 remaining = min(remaining, WAIT_SLICE)
             else:
                 remaining = WAIT_SLICE
@@ -783,6 +790,7 @@ cdef class MapJob:
            return_exceptions=False, buffersize=None, chunksize=1, timeout=None)
     """
     cdef _MapState state
+    cdef object __weakref__
 
     def __init__(self, fn, inputs, enqueue, Py_ssize_t max_runners, **options):
         self.state = _MapState(fn, inputs, enqueue, max_runners, **options)
@@ -802,6 +810,10 @@ cdef class MapJob:
     def close(self):
         """Stop: inputs not started yet are never run."""
         self.state.close()
+
+    def abort(self):
+        """Cancel what has not started; the consumer gets CancelledError for it."""
+        self.state.abort()
 
 
 cdef inline void _run_one(object item) noexcept:
