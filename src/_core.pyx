@@ -257,16 +257,6 @@ cdef object _get_waiters(object fut):
     return waiters
 
 
-cdef void _notify(object fut, object cond, str event) except *:
-    """Tell stdlib waiters (wait/as_completed) and result() sleepers of a transition."""
-    with cond:
-        waiters = fut._waiter_list
-        if waiters:
-            for waiter in waiters:
-                getattr(waiter, event)(fut)
-        cond.notify_all()
-
-
 cdef void _run_callbacks(object fut, object callbacks) except *:
     cdef object error = None
     for callback in callbacks:
@@ -286,43 +276,111 @@ cdef void _run_callbacks(object fut, object callbacks) except *:
 
 
 cdef bint _set_running(object fut) except -1:
-    """PENDING -> RUNNING (True); a cancelled future -> CANCELLED_AND_NOTIFIED (False)."""
+    """PENDING -> RUNNING (True); a cancelled future -> CANCELLED_AND_NOTIFIED (False).
+
+    PENDING -> RUNNING needs no lock even when waiters exist: they only look for the
+    done states. The CANCELLED branch (a state only code outside fastpool produces) is
+    taken under the Condition when there is one, like every change to a done state."""
     cdef bint notify = False
     with cython.critical_section(fut):
         state = fut._state
         if state is PENDING:
             fut._state = RUNNING
             return True
-        if state is CANCELLED:
-            fut._state = CANCELLED_AND_NOTIFIED
-            notify = True
-        elif state is not CANCELLED_AND_NOTIFIED:
-            LOGGER.critical("Future %s in unexpected state: %s", id(fut), state)
-            raise RuntimeError("Future in unexpected state")
+        if state is CANCELLED_AND_NOTIFIED:
+            return False
         cond = fut._cond
-    if notify and cond is not None:
-        _notify(fut, cond, "add_cancelled")
+    if state is not CANCELLED:
+        LOGGER.critical("Future %s in unexpected state: %s", id(fut), state)
+        raise RuntimeError("Future in unexpected state")
+    if cond is None:
+        with cython.critical_section(fut):
+            if fut._cond is None and fut._state is CANCELLED:
+                fut._state = CANCELLED_AND_NOTIFIED
+                return False
+            cond = fut._cond
+    with cond:
+        with cython.critical_section(fut):
+            notify = fut._state is CANCELLED
+            if notify:
+                fut._state = CANCELLED_AND_NOTIFIED
+        if notify:
+            _notify_locked(fut, cond, "add_cancelled")
     return False
 
 
+cdef void _notify_locked(object fut, object cond, str event) except *:
+    """With cond held: tell stdlib waiters (wait/as_completed) and result() sleepers."""
+    waiters = fut._waiter_list
+    if waiters:
+        for waiter in waiters:
+            getattr(waiter, event)(fut)
+    cond.notify_all()
+
+
+cdef inline int _store_outcome(object fut, object result, object exc) except -1:
+    # Inside a critical section on fut.
+    state = fut._state
+    if _is_done(state):
+        raise InvalidStateError(f"{state}: {fut!r}")
+    if exc is None:
+        fut._result = result
+    else:
+        fut._exception = exc
+    fut._state = FINISHED
+    return 0
+
+
 cdef int _finish(object fut, object result, object exc) except -1:
-    """Store the outcome; FINISHED; notify; run callbacks. InvalidStateError if done."""
+    """Store the outcome; FINISHED; notify; run callbacks. InvalidStateError if done.
+
+    Without a Condition (nobody ever blocked on this future) the transition is one
+    critical section. Once a Condition exists -- and it is created in a critical
+    section too, so the two cannot interleave -- the transition happens with the
+    Condition held: stdlib wait()/as_completed() hold it while they read the states
+    and install their waiters, and rely on no state changing under them."""
     with cython.critical_section(fut):
-        state = fut._state
-        if _is_done(state):
-            raise InvalidStateError(f"{state}: {fut!r}")
-        if exc is None:
-            fut._result = result
-        else:
-            fut._exception = exc
-        fut._state = FINISHED
         cond = fut._cond
-        callbacks = fut._callbacks
+        if cond is None:
+            _store_outcome(fut, result, exc)
+            callbacks = fut._callbacks
     if cond is not None:
-        _notify(fut, cond, "add_result" if exc is None else "add_exception")
+        with cond:
+            with cython.critical_section(fut):
+                _store_outcome(fut, result, exc)
+                callbacks = fut._callbacks
+            _notify_locked(fut, cond, "add_result" if exc is None else "add_exception")
     if callbacks:
         _run_callbacks(fut, callbacks)
     return 0
+
+
+cdef object _cancel(object fut):
+    """PENDING -> CANCELLED_AND_NOTIFIED; True if (now) cancelled. Same locking as _finish."""
+    cdef bint changed = False
+    with cython.critical_section(fut):
+        cond = fut._cond
+        if cond is None:
+            state = fut._state
+            if state is PENDING:
+                fut._state = CANCELLED_AND_NOTIFIED
+                changed = True
+                callbacks = fut._callbacks
+    if cond is not None:
+        with cond:
+            with cython.critical_section(fut):
+                state = fut._state
+                if state is PENDING:
+                    fut._state = CANCELLED_AND_NOTIFIED
+                    changed = True
+                    callbacks = fut._callbacks
+            if changed:
+                _notify_locked(fut, cond, "add_cancelled")
+    if not changed:
+        return _is_cancelled(state)
+    if callbacks:
+        _run_callbacks(fut, callbacks)
+    return True
 
 
 class Future(_base.Future):
@@ -362,20 +420,7 @@ class Future(_base.Future):
             _run_callbacks(self, callbacks)
 
     def cancel(self):
-        with cython.critical_section(self):
-            state = self._state
-            if state is RUNNING or state is FINISHED:
-                return False
-            if _is_cancelled(state):
-                return True
-            self._state = CANCELLED_AND_NOTIFIED
-            cond = self._cond
-            callbacks = self._callbacks
-        if cond is not None:
-            _notify(self, cond, "add_cancelled")
-        if callbacks:
-            _run_callbacks(self, callbacks)
-        return True
+        return _cancel(self)
 
     def cancelled(self):
         return _is_cancelled(self._state)

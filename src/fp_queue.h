@@ -123,6 +123,15 @@ class Ring {
     return true;
   }
 
+  /* Positions claimed by producers and not yet by consumers: > 0 while an item is in
+   * the ring, published or still being written. Read dequeue first: both only grow and
+   * enqueue_pos >= dequeue_pos always, so the difference is never negative. */
+  size_t unclaimed() const {
+    size_t d = dequeue_pos_.load(std::memory_order_seq_cst);
+    size_t e = enqueue_pos_.load(std::memory_order_seq_cst);
+    return e - d;
+  }
+
   /* Only in a forked child, where no other thread exists: takes every published item
    * and resets the ring. A slot claimed but not published at fork time belonged to a
    * thread that does not exist here; it is skipped (its item stays with the parent). */
@@ -399,8 +408,16 @@ class Queue {
     return was_closed ? CLOSED : EMPTY;
   }
 
+  /* The overflow's front may be taken only while the ring is truly empty -- not
+   * merely showing an empty slot that a producer is still writing (that producer wakes
+   * a consumer when done): a producer's items are FIFO across ring and overflow only
+   * because it appends to the overflow after its earlier pushes to the ring completed.
+   * The check must be made here, under mu: while we hold it the overflow cannot change,
+   * so any older item of the front item's producer is already in the ring and counted
+   * by unclaimed(). (Checked before taking mu, the overflow could drain and refill
+   * behind a newer ring item while we waited for the lock.) */
   bool pop_overflow_locked(void **p) {
-    if (overflow_.empty()) return false;
+    if (overflow_.empty() || ring_.unclaimed() != 0) return false;
     *p = overflow_.front();
     overflow_.pop_front();
     overflow_len_.fetch_sub(1, std::memory_order_seq_cst);
