@@ -101,6 +101,11 @@ class WorkQueue:
         """Take the oldest item; block while empty.
 
         Raise QueueEmpty on timeout, QueueClosed when closed and empty."""
+        return self._get(timeout, False)
+
+    def _get(self, timeout: float | None, worker: bool) -> Any:
+        # worker: the caller (run_worker) counts in _idle and stops being idle with this
+        # item; it leaves _idle before the item leaves qsize() (see fp_queue.h pop_impl).
         t = _seconds(timeout)
         with self._lock:
             deadline = None if t is None else time.monotonic() + t
@@ -114,6 +119,8 @@ class WorkQueue:
                     if remaining <= 0:
                         raise QueueEmpty("queue is empty")
                     self._not_empty.wait(remaining)
+            if worker:
+                self._idle -= 1
             item = self._items.popleft()
             if self._maxsize:
                 self._not_full.notify()
@@ -409,14 +416,13 @@ def run_worker(queue: WorkQueue, idle_timeout: float | None = None,
     try:
         while True:
             try:
-                item = queue.get(t)
+                item = queue._get(t, True)
             except QueueClosed:
                 return True
             except QueueEmpty:
                 if on_idle is None or on_idle():
                     return False
                 continue
-            queue._add_idle(-1)
             _run_one(item)
             del item
             queue._add_idle(1)

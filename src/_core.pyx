@@ -13,10 +13,11 @@ interface (fastpool/_core.pyi), and the whole test suite runs against both.
 """
 cimport cython
 from cpython.ref cimport Py_INCREF, Py_DECREF
+from libcpp.atomic cimport atomic
 from libcpp.vector cimport vector
 
 from fp_queue cimport Queue, Signal, OK, EMPTY, FULL, TIMEOUT, CLOSED
-from fp_queue cimport monotonic as c_monotonic
+from fp_queue cimport monotonic as c_monotonic, set_block_hooks
 
 import logging
 import threading
@@ -27,6 +28,26 @@ from fastpool._future import worker_local
 
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
+    ctypedef struct PyThreadState
+    int PyGILState_Check() noexcept nogil
+    PyThreadState *PyEval_SaveThread() noexcept nogil
+    void PyEval_RestoreThread(PyThreadState *) noexcept nogil
+
+
+# fp_queue.h never blocks on a mutex while holding the GIL (see BlockHooks there):
+# these release the GIL around such a wait when the calling thread holds it.
+cdef void *_release_gil_to_block() noexcept nogil:
+    if PyGILState_Check():
+        return <void *>PyEval_SaveThread()
+    return NULL
+
+
+cdef void _reacquire_gil(void *state) noexcept nogil:
+    if state != NULL:
+        PyEval_RestoreThread(<PyThreadState *>state)
+
+
+set_block_hooks(_release_gil_to_block, _reacquire_gil)
 
 cdef object LOGGER = logging.getLogger("concurrent.futures")
 
@@ -188,6 +209,7 @@ cdef class WorkQueue:
 
     # os.register_at_fork hooks (see fastpool/_forking.py).
     def _before_fork(self):
+        # Held until _after_fork_*: nobody blocks on it holding the GIL (fp_queue.h).
         with nogil:
             self.q.lock_for_fork()
 
@@ -617,7 +639,9 @@ cdef class _MapState:
     cdef object enqueue
     cdef bint star, ordered, return_exceptions
     cdef bint input_done      # the source is exhausted
-    cdef bint cancelled       # consumer gone: runners stop taking items
+    # Read by runners before every item without a lock: a real atomic, so that it is
+    # not a data race on free-threaded builds.
+    cdef atomic[bint] cancelled   # consumer gone: runners stop taking items
     cdef bint aborted         # runners were removed unrun: raise CancelledError
     cdef Py_ssize_t buffersize, min_chunk, max_runners, runners
     cdef list pending         # inputs not yet taken; pending[head:] are live
@@ -663,7 +687,7 @@ cdef class _MapState:
         """Take up to n inputs (-1: all) from the source; start runners as needed."""
         cdef Py_ssize_t count = 0, want = 0
         cdef list batch
-        if self.input_done or self.cancelled:
+        if self.input_done or self.cancelled.load():
             return 0
         if n < 0:
             batch = list(self.source)
@@ -713,7 +737,7 @@ cdef class _MapState:
         while True:
             with cython.critical_section(self):
                 n = len(self.pending) - self.head
-                if self.cancelled or n <= 0:
+                if self.cancelled.load() or n <= 0:
                     self.runners -= 1
                     return
                 if size > n:
@@ -729,7 +753,7 @@ cdef class _MapState:
             results = [None] * size
             t0 = c_monotonic()
             for i in range(size):
-                if self.cancelled:
+                if self.cancelled.load():
                     # Never started: reported as cancelled if anyone still looks.
                     results[i] = _Failure(CancelledError())
                     continue
@@ -756,7 +780,7 @@ cdef class _MapState:
         consumer gets CancelledError where their results would be."""
         with cython.critical_section(self):
             self.aborted = True
-            self.cancelled = True
+            self.cancelled.store(True)
         self.signal.notify()
 
     @cython.boundscheck(False)
@@ -765,11 +789,12 @@ cdef class _MapState:
         cdef object r
         cdef object chunk
         cdef bint finished
-        cdef unsigned long seen
+        cdef unsigned long long seen
         cdef double remaining
         cdef bint ok
+        cdef bint aborted, idle
         # As the stdlib's lazy map: each step takes one more input before its result.
-        if self.buffersize and not self.input_done and not self.cancelled:
+        if self.buffersize and not self.input_done and not self.cancelled.load():
             self._feed(1)
         while True:
             if self.cur is not None:
@@ -784,7 +809,9 @@ cdef class _MapState:
                         r = (<_Failure>r).error
                     return r
                 self.cur = None
-            if self.cancelled and not self.aborted:
+            with cython.critical_section(self):
+                aborted = self.aborted
+            if self.cancelled.load() and not aborted:
                 raise StopIteration
             seen = self.signal.generation()
             with cython.critical_section(self):
@@ -795,6 +822,8 @@ cdef class _MapState:
                 else:
                     chunk = None
                 finished = self.input_done and self.yielded >= self.fed
+                aborted = self.aborted
+                idle = self.runners <= 0
             if chunk is not None:
                 self.cur = chunk
                 self.cur_pos = 0
@@ -803,7 +832,7 @@ cdef class _MapState:
                 raise StopIteration
             # Aborted: runners still busy may yet publish the result we want (as the
             # stdlib's running futures complete); once none is left, it never comes.
-            if self.aborted and self.runners <= 0:
+            if aborted and idle:
                 self.close()
                 raise CancelledError()
             if self.deadline >= 0:
@@ -821,7 +850,7 @@ cdef class _MapState:
 
     def close(self):
         """Stop: inputs not started yet are never run."""
-        self.cancelled = True
+        self.cancelled.store(True)
         self.cur = None
         with cython.critical_section(self):
             self.chunks.clear()
@@ -844,7 +873,7 @@ cdef class MapJob:
         # Runners keep the state alive; this is the consumer letting go (as the
         # stdlib's map generator cancels its futures when it is closed or collected).
         if self.state is not None:
-            self.state.cancelled = True
+            self.state.cancelled.store(True)
 
     def __iter__(self):
         return self
@@ -896,9 +925,8 @@ def run_worker(WorkQueue queue, idle_timeout=None, on_idle=None):
     try:
         while True:
             with nogil:
-                st = q.pop(&p, t, SPIN_NS)
-                if st == OK:
-                    q.add_idle(-1)
+                # worker=True: leaves the idle count as it takes the item (fp_queue.h).
+                st = q.pop(&p, t, SPIN_NS, True)
             if st == OK:
                 # Run this item and, without giving up the GIL, whatever else is queued.
                 while st == OK:

@@ -32,9 +32,12 @@
 #include <thread>
 #include <vector>
 
-#if defined(_MSC_VER)
+#if defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
 #include <intrin.h>
 #define FP_CPU_RELAX() _mm_pause()
+#elif defined(_MSC_VER) && (defined(_M_ARM64) || defined(_M_ARM))
+#include <intrin.h>
+#define FP_CPU_RELAX() __yield()
 #elif defined(__x86_64__) || defined(__i386__)
 #define FP_CPU_RELAX() __builtin_ia32_pause()
 #elif defined(__aarch64__)
@@ -47,7 +50,51 @@ namespace fp {
 
 enum Status { OK = 0, EMPTY = 1, FULL = 1, TIMEOUT = 2, CLOSED = 3 };
 
-/* Keeps the hot counters of producers and consumers on separate cache lines. */
+/* ------------------------------------------------------------- blocking on a mutex
+ * Rule: never *block* on one of our mutexes while holding the GIL. A thread may hold a
+ * queue's mutex across Python code (the fork hooks hold it from before fork() until
+ * after: other at-fork hooks run bytecode meanwhile, so the GIL changes hands), and if
+ * another thread then waited for that mutex with the GIL in hand, neither could go on.
+ * So locking tries first, and if the mutex is taken calls these hooks around the
+ * blocking wait; the Python binding installs hooks that release the GIL when the
+ * calling thread holds it (src/_core.pyx). This header stays free of Python. */
+struct BlockHooks {
+  void *(*begin)();     /* before blocking; returns what end() needs */
+  void (*end)(void *);  /* after the mutex is ours */
+};
+inline BlockHooks &block_hooks() {
+  static BlockHooks hooks = {nullptr, nullptr};
+  return hooks;
+}
+inline void set_block_hooks(void *(*begin)(), void (*end)(void *)) {
+  block_hooks().begin = begin;
+  block_hooks().end = end;
+}
+
+template <class Lock>
+inline void lock_politely(Lock &lk) {
+  if (lk.try_lock()) return;
+  BlockHooks &h = block_hooks();
+  void *state = h.begin ? h.begin() : nullptr;
+  lk.lock();
+  if (h.end) h.end(state);
+}
+
+/* A scoped lock (as std::lock_guard) that locks politely. */
+class Guard {
+ public:
+  explicit Guard(std::mutex &m) : m_(m) { lock_politely(m_); }
+  ~Guard() { m_.unlock(); }
+  Guard(const Guard &) = delete;
+  Guard &operator=(const Guard &) = delete;
+
+ private:
+  std::mutex &m_;
+};
+
+/* Keeps the hot counters of producers and consumers on separate cache lines. Done
+ * with padding: an over-aligned class would need C++17 aligned operator new, which
+ * libc++ only has from macOS 10.13. */
 static const size_t CACHE_LINE = 64;
 
 /* ------------------------------------------------------------------------ Ring
@@ -154,9 +201,11 @@ class Ring {
   };
   Cell *cells_;
   size_t mask_;
-  alignas(CACHE_LINE) std::atomic<size_t> enqueue_pos_;
-  alignas(CACHE_LINE) std::atomic<size_t> dequeue_pos_;
-  char pad_[CACHE_LINE - sizeof(std::atomic<size_t>)];
+  char pad0_[CACHE_LINE];
+  std::atomic<size_t> enqueue_pos_;
+  char pad1_[CACHE_LINE];
+  std::atomic<size_t> dequeue_pos_;
+  char pad2_[CACHE_LINE];
 };
 
 /* ----------------------------------------------------------------------- Queue
@@ -190,11 +239,11 @@ class Queue {
   size_t maxsize() const { return maxsize_; }
   bool closed() const { return closing_.load(std::memory_order_acquire); }
   size_t size() const {
-    ptrdiff_t n = count_.load(std::memory_order_relaxed) +
-                  (ptrdiff_t)overflow_len_.load(std::memory_order_relaxed);
+    ptrdiff_t n = count_.load(std::memory_order_seq_cst) +
+                  (ptrdiff_t)overflow_len_.load(std::memory_order_seq_cst);
     return n > 0 ? (size_t)n : 0;
   }
-  int idle() const { return idle_.load(std::memory_order_relaxed); }
+  int idle() const { return idle_.load(std::memory_order_seq_cst); }
   void add_idle(int n) { idle_.fetch_add(n, std::memory_order_relaxed); }
 
   /* Non-blocking. OK, FULL or CLOSED. */
@@ -211,7 +260,8 @@ class Queue {
     int st = try_push(p);
     if (st != FULL || timeout == 0) return st == FULL ? TIMEOUT : st;
     auto deadline = std::chrono::steady_clock::now() + to_duration(timeout);
-    std::unique_lock<std::mutex> lk(sync_->mu);
+    std::unique_lock<std::mutex> lk(sync_->mu, std::defer_lock);
+    lock_politely(lk);
     producers_waiting_.fetch_add(1, std::memory_order_seq_cst);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     for (;;) {
@@ -251,8 +301,8 @@ class Queue {
    * Hand-off rule: producers wake a parked consumer only when nobody spins; a
    * consumer that gets an item while more are queued wakes the next one, so parallel
    * (GIL-releasing) work fans out to every worker. */
-  int pop(void **p, double timeout, long spin_ns) {
-    int st = pop_impl(p, false);
+  int pop(void **p, double timeout, long spin_ns, bool worker = false) {
+    int st = pop_impl(p, false, worker);
     if (st != EMPTY) return st;
     bool spinner = false;
     if (spin_ns > 0) {
@@ -262,7 +312,7 @@ class Queue {
     if (spinner) {
       auto end = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns);
       for (unsigned i = 1;; i++) {
-        st = pop_impl(p, false);
+        st = pop_impl(p, false, worker);
         if (st != EMPTY) {
           spinning_.store(0, std::memory_order_seq_cst);
           if (st == OK) wake_next();
@@ -273,20 +323,21 @@ class Queue {
       }
     }
     auto deadline = std::chrono::steady_clock::now() + to_duration(timeout < 0 ? 0 : timeout);
-    std::unique_lock<std::mutex> lk(sync_->mu);
+    std::unique_lock<std::mutex> lk(sync_->mu, std::defer_lock);
+    lock_politely(lk);
     consumers_waiting_.fetch_add(1, std::memory_order_seq_cst);
     /* A spinner gives up its role only once registered as a waiter: a producer that
      * saw it spinning (and so notified nobody) is then caught by the re-check below. */
     if (spinner) spinning_.store(0, std::memory_order_seq_cst);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     for (;;) {
-      st = pop_impl(p, true);
+      st = pop_impl(p, true, worker);
       if (st != EMPTY) break;
       if (timeout < 0) {
         sync_->not_empty.wait(lk);
       } else if (timeout == 0 ||
                  sync_->not_empty.wait_until(lk, deadline) == std::cv_status::timeout) {
-        st = pop_impl(p, true);
+        st = pop_impl(p, true, worker);
         if (st == EMPTY) st = TIMEOUT;
         break;
       }
@@ -302,7 +353,7 @@ class Queue {
   void close() {
     closing_.store(true, std::memory_order_seq_cst);
     while (inflight_.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
-    std::lock_guard<std::mutex> lk(sync_->mu);
+    Guard lk(sync_->mu);
     closed_.store(true, std::memory_order_seq_cst);
     sync_->not_empty.notify_all();
     sync_->not_full.notify_all();
@@ -367,7 +418,7 @@ class Queue {
     if (locked) {
       push_overflow_locked(p);
     } else {
-      std::lock_guard<std::mutex> lk(sync_->mu);
+      Guard lk(sync_->mu);
       push_overflow_locked(p);
     }
     return OK;
@@ -379,18 +430,23 @@ class Queue {
   }
 
   /* `locked`: caller holds mu. Reads closed_ *before* trying to pop: if it was set,
-   * every producer had finished, so a failed pop proves the queue empty. */
-  int pop_impl(void **p, bool locked) {
+   * every producer had finished, so a failed pop proves the queue empty.
+   * `worker`: the caller counts in idle_ and stops being idle with this item. It leaves
+   * idle_ before the item leaves size(): a submitter reads size() then idle() to decide
+   * whether to start a worker, and must never see the item gone while its taker still
+   * looks idle (it would start none, and the next task would wait behind this one). */
+  int pop_impl(void **p, bool locked, bool worker = false) {
     bool was_closed = closed_.load(std::memory_order_acquire);
     if (ring_.pop(p)) {
-      count_.fetch_sub(1, std::memory_order_relaxed);
+      if (worker) idle_.fetch_sub(1, std::memory_order_seq_cst);
+      count_.fetch_sub(1, std::memory_order_seq_cst);
       if (maxsize_) {
         std::atomic_thread_fence(std::memory_order_seq_cst);
         if (producers_waiting_.load(std::memory_order_seq_cst) > 0) {
           if (locked) {
             sync_->not_full.notify_one();
           } else {
-            std::lock_guard<std::mutex> lk(sync_->mu);
+            Guard lk(sync_->mu);
             sync_->not_full.notify_one();
           }
         }
@@ -399,10 +455,10 @@ class Queue {
     }
     if (overflow_len_.load(std::memory_order_seq_cst) != 0) {
       if (locked) {
-        if (pop_overflow_locked(p)) return OK;
+        if (pop_overflow_locked(p, worker)) return OK;
       } else {
-        std::lock_guard<std::mutex> lk(sync_->mu);
-        if (pop_overflow_locked(p)) return OK;
+        Guard lk(sync_->mu);
+        if (pop_overflow_locked(p, worker)) return OK;
       }
     }
     return was_closed ? CLOSED : EMPTY;
@@ -416,10 +472,11 @@ class Queue {
    * so any older item of the front item's producer is already in the ring and counted
    * by unclaimed(). (Checked before taking mu, the overflow could drain and refill
    * behind a newer ring item while we waited for the lock.) */
-  bool pop_overflow_locked(void **p) {
+  bool pop_overflow_locked(void **p, bool worker = false) {
     if (overflow_.empty() || ring_.unclaimed() != 0) return false;
     *p = overflow_.front();
     overflow_.pop_front();
+    if (worker) idle_.fetch_sub(1, std::memory_order_seq_cst);
     overflow_len_.fetch_sub(1, std::memory_order_seq_cst);
     return true;
   }
@@ -428,7 +485,7 @@ class Queue {
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (spinning_.load(std::memory_order_seq_cst) == 0 &&
         consumers_waiting_.load(std::memory_order_seq_cst) > 0) {
-      std::lock_guard<std::mutex> lk(sync_->mu);
+      Guard lk(sync_->mu);
       sync_->not_empty.notify_one();
     }
   }
@@ -442,11 +499,13 @@ class Queue {
   const size_t maxsize_;
   Sync *sync_;
   std::deque<void *> overflow_;
-  alignas(CACHE_LINE) std::atomic<ptrdiff_t> count_{0};
+  char pad0_[CACHE_LINE];
+  std::atomic<ptrdiff_t> count_{0};
   std::atomic<size_t> overflow_len_{0};
   std::atomic<bool> closing_{false};
   std::atomic<bool> closed_{false};
-  alignas(CACHE_LINE) std::atomic<int> inflight_{0};
+  char pad1_[CACHE_LINE];
+  std::atomic<int> inflight_{0};
   std::atomic<int> consumers_waiting_{0};
   std::atomic<int> producers_waiting_{0};
   std::atomic<int> spinning_{0};
@@ -460,17 +519,18 @@ class Queue {
  * so a change made between that check and the wait is never missed. */
 class Signal {
  public:
-  unsigned long generation() const { return gen_.load(std::memory_order_seq_cst); }
+  unsigned long long generation() const { return gen_.load(std::memory_order_seq_cst); }
   void notify() {
     gen_.fetch_add(1, std::memory_order_seq_cst);
     if (waiters_.load(std::memory_order_seq_cst) > 0) {
-      std::lock_guard<std::mutex> lk(mu_);
+      Guard lk(mu_);
       cv_.notify_all();
     }
   }
   /* true if the generation moved on, false on timeout (timeout < 0: forever). */
-  bool wait(unsigned long seen, double timeout) {
-    std::unique_lock<std::mutex> lk(mu_);
+  bool wait(unsigned long long seen, double timeout) {
+    std::unique_lock<std::mutex> lk(mu_, std::defer_lock);
+    lock_politely(lk);
     waiters_.fetch_add(1, std::memory_order_seq_cst);
     auto changed = [&] { return gen_.load(std::memory_order_seq_cst) != seen; };
     bool ok;
@@ -487,7 +547,7 @@ class Signal {
  private:
   std::mutex mu_;
   std::condition_variable cv_;
-  std::atomic<unsigned long> gen_{0};
+  std::atomic<unsigned long long> gen_{0};
   std::atomic<int> waiters_{0};
 };
 

@@ -19,6 +19,7 @@ cdef extern from "fp_queue.h" namespace "fp" nogil:
         int try_push(void *p)
         int push(void *p, double timeout)
         int try_pop(void **p)
+        int pop(void **p, double timeout, long spin_ns, bint worker)
         int pop(void **p, double timeout, long spin_ns)
         void close()
         void drain(vector[void *] &out) except +
@@ -28,8 +29,11 @@ cdef extern from "fp_queue.h" namespace "fp" nogil:
 
     cdef cppclass Signal "fp::Signal":
         Signal() except +
-        unsigned long generation()
+        unsigned long long generation()
         void notify()
-        bint wait(unsigned long seen, double timeout)
+        bint wait(unsigned long long seen, double timeout)
 
     double monotonic "fp::monotonic"()
+
+    void set_block_hooks "fp::set_block_hooks"(void *(*begin)() noexcept nogil,
+                                                void (*end)(void *) noexcept nogil)
