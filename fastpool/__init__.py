@@ -15,6 +15,12 @@ from concurrent.futures import (
 
 from ._compat import NATIVE, core
 from .executor import BrokenThreadPool, ThreadPoolExecutor
+from .cancel import CancelToken, current_token
+from .deadletter import DeadLetter
+from .errors import DeadlineExceeded, QueueFull
+from .pool import Pool, ShutdownReport, Task
+from .retry import Retry
+from .stats import Stats
 
 Future = core.Future
 
@@ -26,10 +32,20 @@ __all__ = [
     "FIRST_EXCEPTION",
     "NATIVE",
     "BrokenThreadPool",
+    "CancelToken",
     "CancelledError",
+    "DeadLetter",
+    "DeadlineExceeded",
     "Future",
+    "Pool",
+    "QueueFull",
+    "Retry",
+    "ShutdownReport",
+    "Stats",
+    "Task",
     "ThreadPoolExecutor",
     "__version__",
     "as_completed",
+    "current_token",
     "wait",
 ]

@@ -129,6 +129,8 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         self._map_jobs: weakref.WeakSet[Any] = weakref.WeakSet()
         _executors.add(self)
 
+    __init__.__doc__ = _thread.ThreadPoolExecutor.__init__.__doc__
+
     def _make_queue(self) -> Any:
         return core.WorkQueue()
 
@@ -143,7 +145,11 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         # No lock on this path: shutdown closes the queue after setting the flags, so a
         # put that fails tells us which error to raise, and one that succeeds is run.
         q = self._work_queue
-        if q.idle_workers <= q.qsize() and len(self._threads) < self._max_workers:
+        # Start a worker unless an idle one is left for this item. qsize is read before
+        # idle_workers: with a core that drops a worker from idle_workers before its item
+        # leaves qsize, this order can over-count the need (harmless), never under-count
+        # it (a second task queued behind a busy worker that still looked idle).
+        if q.qsize() >= q.idle_workers and len(self._threads) < self._max_workers:
             self._adjust_thread_count()
         try:
             q.put(item)
@@ -256,7 +262,18 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         for item in self._work_queue._after_fork_child():
             fut = getattr(item, "future", None)
             if fut is not None:
-                fut._lock = threading.RLock()
-                fut.__dict__.pop("_condition", None)
+                _reset_future_after_fork(fut)
                 fut.cancel()
+
+
+def _reset_future_after_fork(fut: Any) -> None:
+    # A lock held at fork time by a thread that does not exist in the child stays held
+    # for ever, and waiters (wait()/as_completed() calls) belong to such threads too.
+    state = vars(fut)
+    if "_lock" in state:  # fastpool._future.Future: its RLock and lazy Condition
+        fut._lock = threading.RLock()
+        state.pop("_condition", None)
+    if "_cond" in state:  # the native Future's lazy Condition
+        fut._cond = None
+    del fut._waiters[:]
 

@@ -1,0 +1,1311 @@
+"""fastpool.Pool: the production pool.
+
+A ThreadPoolExecutor (so it drops in wherever one is accepted, asyncio's default
+executor included) with backpressure, retries, dead letters, cancellation tokens and
+deadlines, a timed shutdown that hands back what it did not run, auto-scaling, rate
+limiting, task groups, a streaming map and live stats.
+
+How the bookkeeping stays exact: every task is a `_Task` (a core.WorkItem) with a
+`state`, and every change of state moves its counters in the same step under the
+pool's one lock. Futures are settled with their public methods outside that lock (they
+run done-callbacks, i.e. user code); a task whose future another thread could also
+settle (a deadline) is first claimed under the lock (SETTLING, still counted where it
+was) and counted once settled. The queue is the only other owner of a task: whoever
+takes it out (a worker, or shutdown draining) moves it on. A task is in exactly one of
+queued / running / retrying / succeeded / failed / cancelled / not_started at every
+instant, so `stats()` always adds up; shutdown waits for tasks in transit between the
+queue and the lock before it reports.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import logging
+import math
+import signal
+import threading
+import weakref
+from concurrent.futures import CancelledError, _base
+from dataclasses import dataclass, field
+from time import monotonic, time
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, NamedTuple
+
+from . import executor as _executor
+from ._compat import core
+from ._future import worker_local
+from ._timer import Timer
+from .cancel import CancelToken, _local, _timeout_seconds
+from .deadletter import DeadLetter, DeadLetterQueue
+from .errors import DeadlineExceeded, QueueFull
+from .executor import BrokenThreadPool, ThreadPoolExecutor
+from .retry import Retry
+from .stats import _MASK, Stats, new_ring, percentiles
+
+__all__ = ["Pool", "Task", "ShutdownReport", "TaskGroup"]
+
+Future = core.Future
+InvalidStateError = _base.InvalidStateError
+
+LOGGER = logging.getLogger("fastpool")
+QueueClosed = core.QueueClosed
+
+# Task states (see the module docstring).
+QUEUED, RUNNING, RETRY, SETTLING, DONE, ABANDONED = range(6)
+
+_PENDING = _base.PENDING
+_RUNNING = _base.RUNNING
+
+# A retry that finds the bounded queue full tries again this much later (the timer
+# thread never blocks: it also runs deadlines).
+_REQUEUE_DELAY = 0.005
+# One task in this many records its queue wait and run time (see Stats).
+_SAMPLE_MASK = 7
+# Idle workers look at the pool at least this often (idle retirement, resize down).
+_MAX_IDLE_POLL = 1.0
+
+
+# -- futures --------------------------------------------------------------------------
+# Futures are settled with their public methods (which run the done callbacks, i.e.
+# user code) *outside* the pool lock: under the lock a task is first claimed (state
+# SETTLING, still counted where it was), then settled, then committed (counters moved).
+# One liberty is taken: a RUNNING future is written by nobody but the pool (cancel()
+# refuses it), so a task that goes back to wait for a retry can return its future to
+# PENDING -- and the caller can cancel() it while it waits.
+
+def _unstart(fut: Any) -> None:
+    if fut._state == _RUNNING:
+        fut._state = _PENDING
+
+
+# -- public records --------------------------------------------------------------------
+
+class Task(NamedTuple):
+    """A task handed back by shutdown: enough to persist it or submit it again."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    key: Any
+    future: Future
+    attempts: int = 0  # attempts already made (0: it never ran)
+
+
+@dataclass(frozen=True)
+class ShutdownReport:
+    """What shutdown() left: `completed` tasks (succeeded, failed or cancelled), the
+    ones it cancelled before they started, and the ones still running when it returned.
+    With wait=True, ``completed + len(not_started) + len(still_running)`` equals the
+    number of tasks ever submitted."""
+
+    completed: int
+    not_started: list[Task] = field(default_factory=list)
+    still_running: list[Task] = field(default_factory=list)
+    timed_out: bool = False
+
+
+# -- the task --------------------------------------------------------------------------
+
+class _Opts:
+    """The rarely used per-task options: absent (None) on the fast path."""
+
+    __slots__ = ("key", "token", "deadline", "ctx", "gov", "dl_entry", "cb_handle")
+
+    def __init__(self, key: Any = None, token: CancelToken | None = None,
+                 deadline: float | None = None, ctx: contextvars.Context | None = None) -> None:
+        self.key = key
+        self.token = token
+        self.deadline = deadline
+        self.ctx = ctx
+        self.gov: CancelToken | None = None  # the token current_token() returns
+        self.dl_entry: list[Any] | None = None
+        self.cb_handle: int | None = None
+
+
+def _cancel_future(fut: Future) -> Callable[[CancelToken], object]:
+    return lambda _token: fut.cancel()
+
+
+class _Task(core.WorkItem):
+    __slots__ = ("pool", "opts", "retry", "attempt", "state", "t_queued")
+    pool: Pool
+    opts: _Opts | None
+    retry: Retry | None
+    attempt: int
+    state: int
+    t_queued: float
+
+    def record(self) -> Task:
+        opts = self.opts
+        attempts = self.attempt if self.state == RUNNING else self.attempt - 1
+        return Task(self.fn, self.args, self.kwargs, None if opts is None else opts.key,
+                    self.future, attempts)
+
+    # The hot path. A task without options (`opts` None) has no deadline, so while it
+    # is RUNNING nobody but this worker changes it: its future is settled first and
+    # the counters follow in one locked step. Explicit acquire/release: a `with` block
+    # costs twice as much, and nothing between them can raise.
+    def run(self) -> None:
+        pool = self.pool
+        if self.opts is not None:
+            self._run_opts(pool)
+            return
+        fut = self.future
+        if pool._pacer is not None:
+            pool._pace(fut)
+        started = fut.set_running_or_notify_cancel()
+        lock = pool._lock
+        lock.acquire()
+        pool._queued -= 1
+        if not started or pool._collecting:
+            pool._not_run(self, started)  # releases the lock
+            return
+        self.state = RUNNING
+        pool._running_set.add(self)
+        lock.release()
+        t_queued = self.t_queued
+        if t_queued:  # a sampled task: record its latencies
+            t0 = monotonic()
+            i = pool._samples
+            pool._samples = i + 1
+            pool._wait_ring[i & _MASK] = t0 - t_queued
+        try:
+            if self.kwargs:
+                result = self.fn(*self.args, **self.kwargs)
+            else:
+                result = self.fn(*self.args)
+        except BaseException as exc:
+            if t_queued:
+                pool._run_ring[i & _MASK] = monotonic() - t0
+            pool._task_failed(self, exc)
+            return
+        if t_queued:
+            pool._run_ring[i & _MASK] = monotonic() - t0
+        try:
+            fut.set_result(result)
+        finally:
+            lock.acquire()
+            self.state = DONE
+            pool._succeeded += 1
+            pool._running_set.discard(self)
+            if pool._watch:
+                pool._check_idle()
+            lock.release()
+
+    def _run_opts(self, pool: Pool) -> None:
+        # Tokens, deadlines, contexts: a deadline may settle the task from the timer
+        # thread at any moment, so every step checks the state under the lock.
+        fut = self.future
+        opts = self.opts
+        assert opts is not None
+        token = opts.token
+        if token is not None and token.cancelled:
+            fut.cancel()
+        if pool._pacer is not None:
+            pool._pace(fut)
+        pool._lock.acquire()
+        if self.state != QUEUED:
+            pool._lock.release()
+            return  # settled while it waited (deadline)
+        pool._queued -= 1
+        if pool._collecting or not fut.set_running_or_notify_cancel():
+            pool._not_run(self, False)  # releases the lock
+            return
+        self.state = RUNNING
+        pool._running_set.add(self)
+        pool._lock.release()
+        t0 = monotonic()
+        t_queued = self.t_queued
+        if t_queued:
+            i = pool._samples
+            pool._samples = i + 1
+            pool._wait_ring[i & _MASK] = t0 - t_queued
+        gov = None
+        if token is not None or opts.deadline is not None:
+            if opts.cb_handle is not None:
+                token.remove_callback(opts.cb_handle)  # type: ignore[union-attr]
+                opts.cb_handle = None
+            gov = opts.gov
+            if gov is None:
+                gov = opts.gov = CancelToken._any(pool._token, token)
+            if opts.deadline is not None and opts.dl_entry is None:
+                opts.dl_entry = pool._timer.call_at(t0 + opts.deadline, pool._deadline_due,
+                                                    self)
+        prev = getattr(_local, "current", None)
+        if gov is not None:
+            _local.current = gov
+        try:
+            if opts.ctx is not None:
+                result = opts.ctx.run(self.fn, *self.args, **self.kwargs)
+            else:
+                result = self.fn(*self.args, **self.kwargs)
+        except BaseException as exc:
+            if gov is not None:
+                _local.current = prev
+            if t_queued:
+                pool._run_ring[i & _MASK] = monotonic() - t0
+            pool._task_failed(self, exc)
+            return
+        if gov is not None:
+            _local.current = prev
+        if t_queued:
+            pool._run_ring[i & _MASK] = monotonic() - t0
+        pool._task_succeeded(self, result)
+
+
+class _Pacer:
+    """Token bucket (as GCRA): `burst` starts at once, then one per 1/rate seconds."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._interval = 1.0 / rate
+        self._slack = (burst - 1) * self._interval
+        self._lock = threading.Lock()
+        self._tat = monotonic()  # theoretical arrival time of the next start
+
+    def reserve(self) -> float:
+        """Take the next start slot; return how long to wait for it."""
+        with self._lock:
+            now = monotonic()
+            tat = self._tat if self._tat > now else now
+            self._tat = tat + self._interval
+            return tat - now - self._slack
+
+
+def _rate_limit(rate_limit: Any) -> _Pacer | None:
+    if rate_limit is None:
+        return None
+    burst: Any = 1
+    rate = rate_limit
+    if isinstance(rate_limit, tuple):
+        if len(rate_limit) != 2:
+            raise ValueError(f"`rate_limit` must be a rate or (rate, burst), got {rate_limit!r}")
+        rate, burst = rate_limit
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        raise TypeError(f"`rate_limit` must be a number of tasks per second, got {rate!r}")
+    if not rate > 0 or math.isinf(rate):
+        raise ValueError(f"`rate_limit` must be > 0, got {rate!r}")
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+        raise ValueError(f"rate_limit burst must be an int >= 1, got {burst!r}")
+    return _Pacer(float(rate), burst)
+
+
+class _IdleClock:
+    __slots__ = ("since", "last")
+
+    def __init__(self) -> None:
+        self.since = 0.0
+        self.last: float | None = None
+
+
+def _pool_worker(pool_ref: weakref.ref[Pool], queue: Any, initializer: Callable[..., object] | None,
+                 initargs: tuple[Any, ...], poll: float, token: CancelToken) -> None:
+    worker_local.active = True
+    _local.token = token
+    _local.pool_ref = pool_ref
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException:
+            _base.LOGGER.critical("Exception in initializer:", exc_info=True)
+            pool = pool_ref()
+            if pool is not None:
+                pool._initializer_failed()
+            return
+    me = threading.current_thread()
+    clock = _IdleClock()
+
+    def on_idle() -> bool:
+        pool = pool_ref()
+        return True if pool is None else pool._retire(me, clock, poll)
+
+    while True:
+        if core.run_worker(queue, poll, on_idle):
+            return
+        # Retired. A submitter may have seen this worker idle and started none: if work
+        # is waiting, come back (see Pool._put for the other half of this handshake).
+        pool = pool_ref()
+        if pool is None or not pool._rejoin(me):
+            return
+        del pool
+
+
+def _fresh_event(event: threading.Event) -> threading.Event:
+    new = threading.Event()
+    if event.is_set():
+        new.set()
+    return new
+
+
+def _in_worker_of(pool: Pool) -> bool:
+    ref = getattr(_local, "pool_ref", None)
+    return ref is not None and ref() is pool
+
+
+# -- the pool ----------------------------------------------------------------------------
+
+class Pool(ThreadPoolExecutor):
+    _work_queue: Any  # a core.WorkQueue
+    """A production worker pool (see the module docstring and docs/pool.md).
+
+    Args:
+        workers: maximum number of worker threads (default as ThreadPoolExecutor).
+        min_workers: workers kept alive when idle (default 0); idle workers above it
+            exit after `idle_timeout` seconds (None: never).
+        queue_size: bound on queued tasks; `submit` blocks while it is full
+            (None or 0: unbounded).
+        retry: default Retry policy of every task (None: no retries).
+        rate_limit: tasks started per second, or ``(rate, burst)``.
+        copy_context: run each task in a copy of the submitter's contextvars context.
+        name: prefix of the worker threads' names.
+        initializer, initargs: run in each worker thread when it starts.
+        backend: None (threads); a dask.distributed.Client is planned.
+    """
+
+    def __init__(self, workers: int | None = None, *, min_workers: int | None = None,
+                 idle_timeout: float | None = 60.0, queue_size: int | None = None,
+                 retry: Retry | None = None, rate_limit: float | tuple[float, int] | None = None,
+                 copy_context: bool = False, name: str = "fastpool",
+                 initializer: Callable[..., object] | None = None,
+                 initargs: tuple[Any, ...] = (), backend: Any = None) -> None:
+        if backend is not None:
+            mod = type(backend).__module__ or ""
+            if mod.split(".")[0] == "distributed" and type(backend).__name__ == "Client":
+                raise NotImplementedError("the dask backend of Pool is not implemented yet")
+            raise TypeError(f"`backend` must be None or a dask.distributed.Client, got {backend!r}")
+        if workers is None:
+            workers = _executor._default_max_workers()
+        if isinstance(workers, bool) or not isinstance(workers, int):
+            raise TypeError(f"`workers` must be an int, got {workers!r}")
+        if workers < 1:
+            raise ValueError(f"`workers` must be >= 1, got {workers}")
+        if min_workers is None:
+            min_workers = 0
+        if isinstance(min_workers, bool) or not isinstance(min_workers, int):
+            raise TypeError(f"`min_workers` must be an int, got {min_workers!r}")
+        if not 0 <= min_workers <= workers:
+            raise ValueError(f"`min_workers` must be between 0 and workers ({workers}), "
+                             f"got {min_workers}")
+        idle_timeout = _timeout_seconds("idle_timeout", idle_timeout)
+        if queue_size is None:
+            queue_size = 0
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int):
+            raise TypeError(f"`queue_size` must be an int or None, got {queue_size!r}")
+        if queue_size < 0:
+            raise ValueError(f"`queue_size` must be >= 0, got {queue_size}")
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"`retry` must be a Retry or None, got {retry!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"`name` must be a str, got {name!r}")
+        pacer = _rate_limit(rate_limit)
+        self._queue_size = queue_size
+        super().__init__(workers, name, initializer, initargs)
+        self._min_workers = min_workers
+        self._idle_timeout = idle_timeout
+        self._idle_poll = min(idle_timeout or _MAX_IDLE_POLL, _MAX_IDLE_POLL) or 1e-3
+        self._retry = retry
+        self._pacer = pacer
+        self._copy_context = bool(copy_context)
+        self._name = name
+        self._thread_ids = itertools.count()
+        self.dead_letters = DeadLetterQueue()
+        self._token = CancelToken()
+        self._stop = threading.Event()  # set when shutdown starts handing work back
+        self._hurry = threading.Event()  # a second signal: stop draining now
+        self._timer = Timer(f"{name}-timer")
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._lock = threading.Lock()
+        self._shutdown_lock = self._lock  # the base class's name for it
+        self._cond = threading.Condition(self._lock)
+        self._collecting = False
+        self._close_when_idle = False
+        self._watch = 0  # >0: someone waits for the pool to become idle
+        self._running_set: set[_Task] = set()  # its len() is the `running` count
+        self._late: list[_Task] = []  # handed back by workers/timer while collecting
+        self._report: ShutdownReport | None = None
+        self._shutdown_done: threading.Event | None = None
+        self._signals: tuple[Any, dict[int, Any]] | None = None
+        self._submitted = self._queued = self._retrying = 0
+        self._succeeded = self._failed = self._cancelled = self._not_started = 0
+        self._retried = self._dead_lettered = self._rejected = 0
+        self._samples = 0
+        self._wait_ring = new_ring()
+        self._run_ring = new_ring()
+
+    def _make_queue(self) -> Any:
+        return core.WorkQueue(self._queue_size)
+
+    # -- submitting -------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule fn(*args, **kwargs); block while a bounded queue is full."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        if self._copy_context:
+            task = self._task(fn, args, kwargs, None, self._retry)
+            self._put(task, None)
+            return task.future  # type: ignore[no-any-return]
+        # The hot path: _task() and the uncontended part of _put() inlined.
+        fut = Future()
+        task = _Task(fut, fn, args, kwargs)
+        task.pool = self
+        task.opts = None
+        task.retry = self._retry
+        task.attempt = 1
+        task.state = QUEUED
+        lock = self._lock
+        lock.acquire()
+        if self._shutdown or self._broken or _executor._shutdown:
+            lock.release()
+            self._raise_closed()
+        n = self._submitted = self._submitted + 1
+        self._queued += 1
+        lock.release()
+        task.t_queued = 0.0 if (n - 1) & _SAMPLE_MASK else monotonic()
+        q = self._work_queue
+        try:
+            queued = q.put_nowait(task)
+        except QueueClosed:
+            self._unput(task, False)
+            self._raise_closed()
+        if not queued:
+            self._put_full(task, None, True)
+        elif q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
+            self._adjust_thread_count()
+        return fut
+
+    def try_submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future | None:
+        """As submit(), but never block: None (counted in `rejected`) if the queue is full."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        task = self._task(fn, args, kwargs, None, self._retry)
+        return task.future if self._put(task, 0.0) else None
+
+    def schedule(self, fn: Callable[..., Any], args: Iterable[Any] = (),
+                 kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
+                 deadline: float | None = None, retry: Retry | bool | None = None,
+                 token: CancelToken | None = None, key: Any = None) -> Future:
+        """Submit with per-task options.
+
+        `timeout`: seconds to wait for queue space, then QueueFull. `deadline`: seconds
+        the task may run: then its token is cancelled and its future fails with
+        DeadlineExceeded. `retry`: a Retry overriding the pool's (False: none). `token`:
+        a CancelToken; cancelled before the task starts, the task never runs and its
+        future is cancelled. `key`: an id carried into dead letters and shutdown reports.
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        args = tuple(args)
+        if kwargs is None:
+            kwargs = {}
+        elif not isinstance(kwargs, dict):
+            raise TypeError(f"`kwargs` must be a dict or None, got {kwargs!r}")
+        timeout = _timeout_seconds("timeout", timeout)
+        deadline = _timeout_seconds("deadline", deadline)
+        if retry is None:
+            retry = self._retry
+        elif retry is False:
+            retry = None
+        elif not isinstance(retry, Retry):
+            raise TypeError(f"`retry` must be a Retry, False or None, got {retry!r}")
+        if token is not None and not isinstance(token, CancelToken):
+            raise TypeError(f"`token` must be a CancelToken or None, got {token!r}")
+        opts = _Opts(key, token, deadline)
+        task = self._task(fn, args, kwargs, opts, retry)
+        if not self._put(task, timeout):
+            raise QueueFull(f"the queue stayed full for {timeout} s")
+        return task.future  # type: ignore[no-any-return]
+
+    def _task(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+              opts: _Opts | None, retry: Retry | None) -> _Task:
+        if self._copy_context:
+            if opts is None:
+                opts = _Opts()
+            opts.ctx = contextvars.copy_context()
+        task = _Task(Future(), fn, args, kwargs)
+        task.pool = self
+        task.opts = opts
+        task.retry = retry
+        task.attempt = 1
+        task.state = QUEUED
+        return task
+
+    def _put(self, task: _Task, timeout: float | None, count_rejected: bool = True) -> bool:
+        """Accept and queue a new task; False if the queue stayed full for `timeout` s."""
+        lock = self._lock
+        lock.acquire()
+        if self._shutdown or self._broken or _executor._shutdown:
+            lock.release()
+            self._raise_closed()
+        n = self._submitted = self._submitted + 1
+        self._queued += 1
+        lock.release()
+        # One task in SAMPLE_EVERY has its latencies recorded (two clock reads each).
+        task.t_queued = 0.0 if (n - 1) & _SAMPLE_MASK else monotonic()
+        opts = task.opts
+        if opts is not None and opts.token is not None:
+            if opts.token.cancelled:
+                # Never runs: counted as submitted and cancelled, never queued.
+                with lock:
+                    self._queued -= 1
+                    self._cancelled += 1
+                    task.state = DONE
+                task.future.cancel()
+                return True
+            opts.cb_handle = opts.token.add_callback(_cancel_future(task.future))
+        q = self._work_queue
+        try:
+            queued = q.put_nowait(task)
+        except QueueClosed:
+            self._unput(task, False)
+            self._raise_closed()
+        if not queued:
+            return self._put_full(task, timeout, count_rejected)
+        # Checked after the put: a worker retiring at this moment either sees this
+        # task in the queue (and stays), or has already left the idle count.
+        if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
+            self._adjust_thread_count()
+        return True
+
+    def _put_full(self, task: _Task, timeout: float | None, count_rejected: bool) -> bool:
+        """The queue was full: wait for room up to `timeout` s (None: for ever)."""
+        q = self._work_queue
+        if timeout is None and _in_worker_of(self):
+            # A task of this pool blocking on its own full queue could wait for ever
+            # (every worker doing the same): run the new task here instead.
+            task.run()
+            return True
+        try:
+            if timeout == 0.0:
+                ok = False
+            else:
+                # Make sure the workers that will make room exist, then wait.
+                self._adjust_thread_count()
+                ok = q.put(task, timeout)
+        except QueueClosed:
+            self._unput(task, False)
+            self._raise_closed()
+        except BaseException:
+            self._unput(task, False)
+            raise
+        if not ok:
+            self._unput(task, count_rejected)
+            return False
+        if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
+            self._adjust_thread_count()
+        return True
+
+    def _unput(self, task: _Task, rejected: bool) -> None:
+        opts = task.opts
+        if opts is not None and opts.cb_handle is not None:
+            opts.token.remove_callback(opts.cb_handle)  # type: ignore[union-attr]
+        with self._lock:
+            task.state = DONE
+            self._submitted -= 1
+            self._queued -= 1
+            if rejected:
+                self._rejected += 1
+            if self._watch:
+                self._check_idle()
+
+    def _raise_closed(self) -> None:
+        if self._broken:
+            raise BrokenThreadPool(self._broken)
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    # -- workers ----------------------------------------------------------------------
+
+    def _adjust_thread_count(self) -> None:
+        with self._lock:
+            if self._broken or self._work_queue.closed:
+                return
+            if len(self._threads) >= self._max_workers:
+                return
+            with _executor._global_shutdown_lock:
+                if _executor._shutdown:
+                    return
+            thread_name = "%s_%d" % (self._thread_name_prefix, next(self._thread_ids))
+            q = self._work_queue
+
+            def weakref_cb(_: object, q: Any = q) -> None:
+                q.close()
+
+            t = threading.Thread(name=thread_name, target=_pool_worker,
+                                 args=(weakref.ref(self, weakref_cb), q, self._initializer,
+                                       self._initargs, self._idle_poll, self._token))
+            try:
+                t.start()
+            except RuntimeError:
+                if not self._threads:
+                    raise
+                LOGGER.warning("fastpool: cannot start worker %s", thread_name, exc_info=True)
+                return
+            self._threads.add(t)
+            _executor._threads_queues[t] = q
+
+    def _retire(self, me: threading.Thread, clock: _IdleClock, poll: float) -> bool:
+        """Called by an idle worker every `poll` s: True tells it to exit."""
+        now = monotonic()
+        if clock.last is None or now - clock.last > 2 * poll + 0.1:
+            clock.since = now - poll  # a new idle stretch (work ran in between)
+        clock.last = now
+        with self._lock:
+            if me not in self._threads:
+                return True
+            n = len(self._threads)
+            if self._work_queue.qsize():
+                return False
+            if n > self._max_workers or (
+                    self._idle_timeout is not None and n > self._min_workers
+                    and now - clock.since >= self._idle_timeout):
+                self._threads.discard(me)
+                return True
+        return False
+
+    def _rejoin(self, me: threading.Thread) -> bool:
+        with self._lock:
+            if (self._work_queue.qsize() and not self._broken
+                    and len(self._threads) < self._max_workers):
+                self._threads.add(me)
+                return True
+        return False
+
+    def resize(self, workers: int) -> None:
+        """Change the maximum number of workers; surplus workers exit once idle."""
+        if isinstance(workers, bool) or not isinstance(workers, int):
+            raise TypeError(f"`workers` must be an int, got {workers!r}")
+        if workers < 1:
+            raise ValueError(f"`workers` must be >= 1, got {workers}")
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot resize a pool after shutdown")
+            self._max_workers = workers
+            if self._min_workers > workers:
+                self._min_workers = workers
+            missing = min(workers - len(self._threads), self._work_queue.qsize())
+        for _ in range(max(0, missing)):
+            self._adjust_thread_count()
+
+    @property
+    def workers(self) -> int:
+        """The maximum number of worker threads."""
+        return self._max_workers
+
+    @property
+    def min_workers(self) -> int:
+        return self._min_workers
+
+    @property
+    def idle_timeout(self) -> float | None:
+        return self._idle_timeout
+
+    @property
+    def token(self) -> CancelToken:
+        """The pool's token: cancelled when shutdown stops waiting for running tasks."""
+        return self._token
+
+    # -- outcomes (called by _Task and the timer) ---------------------------------------
+
+    def _not_run(self, task: _Task, started: bool) -> None:
+        """Called with the lock held (and releases it): a task taken from the queue
+        does not run -- its caller cancelled it, or shutdown is handing work back."""
+        if started:
+            _unstart(task.future)
+        if self._collecting:
+            abandoned = self._abandon(task)
+        else:
+            task.state = DONE
+            self._cancelled += 1
+            abandoned = False
+        if self._watch:
+            self._check_idle()
+        self._lock.release()
+        self._drop(task, abandoned)
+
+    def _pace(self, fut: Future) -> None:
+        # Rate limit: wait for this start's slot, unless shutdown wakes us first.
+        if fut._state == _PENDING:
+            delay = self._pacer.reserve()  # type: ignore[union-attr]
+            if delay > 0.0:
+                self._stop.wait(delay)
+
+    def _task_succeeded(self, task: _Task, result: Any) -> None:
+        with self._lock:
+            if task.state != RUNNING:
+                return  # its deadline settled it meanwhile
+            task.state = SETTLING
+        try:
+            task.future.set_result(result)
+        except InvalidStateError:
+            pass  # somebody else's code set it: it is done either way
+        finally:
+            # Before it is counted: once join() returns, no timer entry or token hook
+            # of a finished task may still hold on to the pool.
+            if task.opts is not None:
+                self._cleanup(task)
+            with self._lock:
+                task.state = DONE
+                self._succeeded += 1
+                self._running_set.discard(task)
+                if self._watch:
+                    self._check_idle()
+
+    def _task_failed(self, task: _Task, exc: BaseException) -> None:
+        fut = task.future
+        opts = task.opts
+        gov = self._token if opts is None or opts.gov is None else opts.gov
+        if isinstance(exc, CancelledError) and gov.cancelled:
+            # The task saw its token cancelled and stopped: that is a cancellation.
+            with self._lock:
+                if task.state != RUNNING:
+                    return
+                task.state = SETTLING
+                _unstart(fut)
+            try:
+                fut.cancel()
+            finally:
+                self._commit(task, RUNNING, cancelled=True)
+            return
+        retry = task.retry
+        if (retry is not None and task.attempt < retry.attempts and not gov.cancelled
+                and retry.should_retry(exc)):
+            delay = retry.delay(task.attempt)
+            with self._lock:
+                if task.state != RUNNING:
+                    return
+                if not self._collecting:
+                    task.state = RETRY
+                    _unstart(fut)
+                    task.attempt += 1
+                    self._retrying += 1
+                    self._retried += 1
+                    self._running_set.discard(task)
+                    self._timer.call_at(monotonic() + delay, self._retry_due, task)
+                    return
+        with self._lock:
+            if task.state != RUNNING:
+                return
+            task.state = SETTLING
+        try:
+            fut.set_exception(exc)
+        except InvalidStateError:
+            pass
+        finally:
+            self._commit(task, RUNNING, error=exc)
+
+    def _commit(self, task: _Task, was: int, error: BaseException | None = None,
+                cancelled: bool = False) -> None:
+        """Count a settled task: it leaves state `was` for failed or cancelled."""
+        if task.opts is not None:
+            self._cleanup(task)  # before it is counted (see _task_succeeded)
+        with self._lock:
+            task.state = DONE
+            if was == RUNNING:
+                self._running_set.discard(task)
+            elif was == RETRY:
+                self._retrying -= 1
+            else:
+                self._queued -= 1
+            if cancelled:
+                self._cancelled += 1
+            else:
+                self._failed += 1
+                if task.retry is not None:
+                    self._dead_letter(task, error)  # type: ignore[arg-type]
+            if self._watch:
+                self._check_idle()
+
+    def _dead_letter(self, task: _Task, exc: BaseException) -> None:
+        # Under the lock: a join() that returns sees the dead letter already there.
+        opts = task.opts
+        self._dead_lettered += 1
+        self.dead_letters.put(DeadLetter(None if opts is None else opts.key, task.fn,
+                                         task.args, task.kwargs, exc, task.attempt, time()))
+
+    def _cleanup(self, task: _Task) -> None:
+        # A finished task drops its deadline timer and its hook on the caller's token.
+        opts = task.opts
+        assert opts is not None
+        if opts.dl_entry is not None:
+            self._timer.cancel(opts.dl_entry)
+        if opts.cb_handle is not None and opts.token is not None:
+            opts.token.remove_callback(opts.cb_handle)
+            opts.cb_handle = None
+
+    def _retry_due(self, task: _Task) -> None:
+        """Timer thread: a retry's backoff is over; queue it again."""
+        fut = task.future
+        with self._lock:
+            if task.state != RETRY:
+                return
+            self._retrying -= 1
+            requeue = abandoned = False
+            if fut.cancelled():
+                task.state = DONE  # its caller cancelled it while it waited
+                self._cancelled += 1
+            elif self._collecting:
+                abandoned = self._abandon(task)
+            else:
+                task.state = QUEUED
+                self._queued += 1
+                requeue = True
+            if not requeue and self._watch:
+                self._check_idle()
+        if not requeue:
+            self._drop(task, abandoned)
+            return
+        task.t_queued = monotonic()
+        q = self._work_queue
+        try:
+            ok = q.put_nowait(task)
+        except QueueClosed:
+            ok = None
+        if ok:
+            # Idle workers may all have retired during the backoff.
+            if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
+                self._adjust_thread_count()
+            return
+        with self._lock:
+            if task.state != QUEUED:
+                return
+            self._queued -= 1
+            if ok is not None:  # full: try again shortly, without blocking the timer
+                task.state = RETRY
+                self._retrying += 1
+                self._timer.call_at(monotonic() + _REQUEUE_DELAY, self._retry_due, task)
+                return
+            # Closed (interpreter exit, broken pool): hand it back.
+            abandoned = self._abandon(task)
+            if self._watch:
+                self._check_idle()
+        self._drop(task, abandoned)
+
+    def _deadline_due(self, task: _Task) -> None:
+        """Timer thread: the task's deadline passed."""
+        opts = task.opts
+        assert opts is not None
+        with self._lock:
+            was = task.state
+            if was != RUNNING and was != RETRY and was != QUEUED:
+                return
+            task.state = SETTLING  # a queued retry stays in the queue: workers skip it
+            opts.dl_entry = None
+        exc = DeadlineExceeded(f"task ran past its deadline of {opts.deadline} s")
+        cancelled = False
+        try:
+            task.future.set_exception(exc)
+        except InvalidStateError:
+            cancelled = True  # its caller cancelled it while it waited to retry
+        finally:
+            self._commit(task, was, error=exc, cancelled=cancelled)
+            if opts.gov is not None:
+                opts.gov.cancel("deadline exceeded")
+
+    def _abandon(self, task: _Task) -> bool:
+        """Under the lock: shutdown hands back a task that has not started (True), or
+        counts it cancelled if its caller cancelled it meanwhile (False). The caller
+        cancels the future once the lock is released (see _drop)."""
+        if task.future.cancelled():
+            task.state = DONE
+            self._cancelled += 1
+            return False
+        task.state = ABANDONED
+        self._not_started += 1
+        self._late.append(task)
+        return True
+
+    def _drop(self, task: _Task, abandoned: bool) -> None:
+        if abandoned:
+            task.future.cancel()
+        if task.opts is not None:
+            self._cleanup(task)
+
+    def _check_idle(self) -> None:
+        # Under the lock, when someone watches: wake join()/shutdown() once idle.
+        if not (self._queued or self._running_set or self._retrying):
+            self._cond.notify_all()
+            if self._close_when_idle:
+                self._work_queue.close()
+
+    def _initializer_failed(self) -> None:
+        with self._lock:
+            self._broken = ("A thread initializer failed, the thread pool "
+                            "is not usable anymore")
+            self._work_queue.close()
+        items = self._work_queue.drain()
+        failed = []
+        with self._lock:
+            for task in items + self._timer.drain(self._retry_due):
+                if task.state == QUEUED:
+                    self._queued -= 1
+                elif task.state == RETRY:
+                    self._retrying -= 1
+                else:
+                    continue
+                task.state = DONE
+                if task.future.cancelled():
+                    self._cancelled += 1
+                else:
+                    self._failed += 1
+                    failed.append(task)
+            if self._watch:
+                self._check_idle()
+        for task in failed:
+            try:
+                task.future.set_exception(BrokenThreadPool(self._broken))
+            except InvalidStateError:
+                pass  # cancelled meanwhile
+            if task.opts is not None:
+                self._cleanup(task)
+
+    # -- observing ----------------------------------------------------------------------
+
+    def stats(self) -> Stats:
+        """A consistent snapshot of the counters, with latency percentiles."""
+        q = self._work_queue
+        with self._lock:
+            counts = (self._submitted, self._queued, len(self._running_set), self._retrying,
+                      self._succeeded, self._failed, self._cancelled, self._not_started,
+                      self._retried, self._dead_lettered, self._rejected)
+            workers = len(self._threads)
+        wait = percentiles(list(self._wait_ring))
+        run = percentiles(list(self._run_ring))
+        return Stats(workers, q.idle_workers, *counts, *wait, *run)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is queued, running or waiting to retry; the pool stays open.
+
+        Return False if `timeout` seconds passed first."""
+        timeout = _timeout_seconds("timeout", timeout)
+        if _in_worker_of(self):
+            raise RuntimeError("join() called from a task of this pool would wait for itself")
+        return self._wait_idle(timeout)
+
+    def _wait_idle(self, timeout: float | None, hurry: threading.Event | None = None) -> bool:
+        end = None if timeout is None else monotonic() + timeout
+        with self._lock:
+            self._watch += 1
+            try:
+                while self._queued or self._running_set or self._retrying:
+                    if hurry is not None and hurry.is_set():
+                        return False
+                    step = 0.1
+                    if end is not None:
+                        step = min(step, end - monotonic())
+                        if step <= 0:
+                            return False
+                    self._cond.wait(step)
+                return True
+            finally:
+                self._watch -= 1
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    def shutdown(  # type: ignore[override]  # returns the report (the base: None)
+            self, wait: bool = True, *, cancel_futures: bool = False,
+            timeout: float | None = None) -> ShutdownReport:
+        """Stop accepting work, drain, and report what was left.
+
+        wait=True waits for queued, running and retrying tasks -- for at most `timeout`
+        seconds if given; then the pool token is cancelled (running tasks see it through
+        current_token()), tasks not started yet are cancelled, and both are returned in
+        the ShutdownReport. cancel_futures=True hands back the queued tasks at once.
+        wait=False returns at once: queued work still runs (unless cancel_futures), and
+        the report lists only what was running at that moment.
+        """
+        timeout = _timeout_seconds("timeout", timeout)
+        if timeout is not None and not wait:
+            raise ValueError("shutdown(timeout=...) needs wait=True")
+        with self._lock:
+            first = not self._shutdown
+            self._shutdown = True
+            if first:
+                self._shutdown_done = threading.Event()
+            done = self._shutdown_done
+        if not first:
+            if wait and not _in_worker_of(self):
+                done.wait()  # type: ignore[union-attr]
+                self._join_workers()
+            self._restore_signals()
+            return self._report if self._report is not None else self._snapshot([], False)
+        try:
+            report = self._shutdown_first(wait, cancel_futures, timeout)
+            self._report = report
+        finally:
+            done.set()  # type: ignore[union-attr]
+            self._restore_signals()
+        return report
+
+    def _shutdown_first(self, wait: bool, cancel_futures: bool,
+                        timeout: float | None) -> ShutdownReport:
+        in_worker = _in_worker_of(self)
+        not_started: list[Task] = []
+        timed_out = False
+        if cancel_futures:
+            not_started += self._collect()
+        if wait and not in_worker:
+            if not self._wait_idle(timeout, self._hurry):
+                timed_out = True
+                not_started += self._collect()
+        with self._lock:
+            if wait and not in_worker or not (self._queued or self._running_set or self._retrying):
+                self._work_queue.close()
+            else:
+                self._close_when_idle = True  # workers finish the queue, then exit
+                self._watch += 1
+            # The tasks that did not finish in time, before they are told to stop.
+            report = self._snapshot(not_started, timed_out)
+        if timed_out:
+            self._token.cancel("shutdown")
+        if wait and not in_worker and not timed_out:
+            self._join_workers()
+        return report
+
+    def _snapshot(self, not_started: list[Task], timed_out: bool) -> ShutdownReport:
+        # Under the lock for an exact report (or not: a later shutdown() call).
+        return ShutdownReport(self._succeeded + self._failed + self._cancelled, not_started,
+                              [t.record() for t in list(self._running_set)], timed_out)
+
+    def _join_workers(self) -> None:
+        me = threading.current_thread()
+        for t in list(self._threads):
+            if t is not me:
+                t.join()
+
+    def _collect(self) -> list[Task]:
+        """Hand back everything not started: queued, waiting to retry, in transit."""
+        with self._lock:
+            self._collecting = True
+        self._stop.set()  # wakes workers waiting on the rate limiter
+        q = self._work_queue
+        q.close()
+        items = q.drain()
+        dropped = []
+        with self._lock:
+            for task in items + self._timer.drain(self._retry_due):
+                if task.state == QUEUED:
+                    self._queued -= 1
+                elif task.state == RETRY:
+                    self._retrying -= 1
+                else:
+                    continue
+                self._abandon(task)
+                dropped.append(task)
+            # Tasks in transit are still counted as queued or retrying: taken from the
+            # queue by a worker that has not reached the lock yet, a retry the timer
+            # thread is putting back, a deadline being settled. They resolve (into
+            # _late, or an outcome) in a moment.
+            waited = 0.0
+            while self._queued or self._retrying:
+                self._cond.wait(0.005)
+                waited += 0.005
+                if waited > 10.0:
+                    LOGGER.warning("fastpool: shutdown still waits for %d tasks in transit",
+                                   self._queued + self._retrying)
+                    waited = 0.0
+            late, self._late = self._late, []
+            if self._watch:
+                self._check_idle()
+        # Every task handed back is cancelled before shutdown returns (cancel() is
+        # idempotent: a worker that handed one back cancels it too).
+        for task in late:
+            task.future.cancel()
+        for task in dropped:
+            if task.opts is not None:
+                self._cleanup(task)
+        return [t.record() for t in late]
+
+    # -- signals ------------------------------------------------------------------------
+
+    def handle_signals(self, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM),
+                       timeout: float | None = 30.0) -> None:
+        """First signal: graceful shutdown(timeout=...) in the background; second: cancel now.
+
+        Must be called from the main thread; the previous handlers come back when
+        shutdown() is called from the main thread (leaving a `with` block does that).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("handle_signals() must be called from the main thread")
+        timeout = _timeout_seconds("timeout", timeout)
+        signals = tuple(signals)
+        if not signals:
+            raise ValueError("no signals given")
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot handle signals after shutdown")
+            if self._signals is not None:
+                raise RuntimeError("handle_signals() was already called")
+        first = threading.Event()
+        count = [0]
+
+        # The handler runs in the main thread between two bytecodes, possibly while
+        # that thread holds the pool lock: it only sets events that nothing else waits
+        # on under a lock the main thread could hold.
+        def handler(signum: int, frame: Any) -> None:
+            count[0] += 1
+            if count[0] == 1:
+                first.set()
+            else:
+                self._hurry.set()
+
+        pool_ref = weakref.ref(self)
+
+        def watcher() -> None:
+            first.wait()
+            pool = pool_ref()
+            if pool is not None:
+                pool.shutdown(wait=True, timeout=timeout)
+
+        previous = {}
+        for sig in signals:
+            previous[sig] = signal.signal(sig, handler)
+        self._signals = (handler, previous)
+        self._signal_first = first
+        threading.Thread(target=watcher, name=f"{self._name}-signals", daemon=True).start()
+
+    def _restore_signals(self) -> None:
+        if self._signals is None:
+            return
+        self._signal_first.set()  # let the watcher thread end
+        if threading.current_thread() is not threading.main_thread():
+            return
+        handler, previous = self._signals
+        self._signals = None
+        for sig, prev in previous.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+
+    # -- groups, map, asyncio ---------------------------------------------------------
+
+    def group(self, fail_fast: bool = False) -> TaskGroup:
+        """A TaskGroup: leaving its `with` block waits for its tasks."""
+        return TaskGroup(self, fail_fast)
+
+    def _default_buffersize(self) -> int:
+        if self._queue_size:
+            return 2 * self._queue_size
+        return 8 * self._max_workers
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+            timeout: float | None = None, chunksize: int = 1, buffersize: int | None = None,
+            ordered: bool = True, return_exceptions: bool = False,
+            progress: bool | Callable[[Stats], object] = False) -> Iterator[Any]:
+        """Lazy, memory-bounded map: at most `buffersize` calls in flight.
+
+        Results in input order (ordered=False: as they finish). return_exceptions=True
+        yields a failed call's exception instead of raising it. `chunksize` > 1 runs
+        that many calls per task. `progress`: a callable receiving Stats about every
+        0.2 s and at the end, or True for a tqdm bar (needs tqdm).
+        """
+        from ._pool_map import map_iter
+        return map_iter(self, fn, iterables, timeout, chunksize, buffersize, ordered,
+                        return_exceptions, progress)
+
+    def asubmit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Awaitable submit: waits (without blocking the loop) for queue space, then the result."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        if self._shutdown:
+            self._raise_closed()
+        from ._pool_map import asubmit
+        return asubmit(self, fn, args, kwargs)
+
+    def amap(self, fn: Callable[..., Any], *iterables: Any, buffersize: int | None = None,
+             ordered: bool = True, return_exceptions: bool = False) -> AsyncIterator[Any]:
+        """Async-iterable map for asyncio code: lazy, bounded, ordered or not.
+
+        The input may be sync iterables, or one async iterable."""
+        from ._pool_map import amap
+        return amap(self, fn, iterables, buffersize, ordered, return_exceptions)
+
+    # -- fork ---------------------------------------------------------------------------
+
+    def _after_fork_child(self) -> None:
+        # Only the forking thread survives: the child's pool starts empty. Whatever the
+        # parent had queued, running or waiting to retry is cancelled here (the parent
+        # still owns it), so nothing in the child waits for it for ever.
+        tasks = list(self._running_set) + list(self._late)
+        self._threads.clear()
+        tasks += self._work_queue._after_fork_child()
+        old, self._timer = self._timer, Timer(f"{self._name}-timer")
+        tasks += [e[3] for e in old._heap if e[2] is not None and isinstance(e[3], _Task)]
+        old._heap = []
+        shutdown = self._shutdown
+        self._reset_state()
+        self._shutdown = shutdown
+        # Locks another thread held at fork time would stay locked in the child.
+        self._stop = _fresh_event(self._stop)
+        self._hurry = _fresh_event(self._hurry)
+        self._token._lock = threading.Lock()
+        self._token._event = None if self._token._event is None else _fresh_event(
+            self._token._event)
+        self.dead_letters._cond = threading.Condition(threading.Lock())
+        if self._pacer is not None:
+            self._pacer._lock = threading.Lock()
+        for task in tasks:
+            fut = task.future
+            # Locks of the future a vanished thread may have held (either core's Future).
+            if "_lock" in fut.__dict__:
+                fut._lock = threading.RLock()
+            for name in ("_condition", "_cond"):
+                fut.__dict__.pop(name, None)
+            task.state = DONE
+            _unstart(fut)
+            try:
+                fut.cancel()
+            except BaseException:
+                LOGGER.exception("fastpool: cancelling %r after fork", fut)
+
+
+class TaskGroup:
+    """Tasks submitted together (Pool.group()): leaving the block waits for all of them.
+
+    With fail_fast=True the first failure cancels the group's token -- queued tasks are
+    cancelled, running ones see current_token() cancelled -- and is raised on exit.
+    Without it, failures stay in the futures (see `exceptions()`).
+    """
+
+    def __init__(self, pool: Pool, fail_fast: bool = False) -> None:
+        self._pool = pool
+        self._fail_fast = bool(fail_fast)
+        self.token = CancelToken()
+        self.futures: list[Future] = []
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        fut = self._pool.schedule(fn, args, kwargs, token=self.token)
+        with self._lock:
+            self.futures.append(fut)
+        if self._fail_fast:
+            fut.add_done_callback(self._on_done)
+        return fut
+
+    def _on_done(self, fut: Future) -> None:
+        if fut.cancelled() or fut.exception() is None:
+            return
+        with self._lock:
+            if self._error is not None:
+                return
+            self._error = fut.exception()
+        self.token.cancel("a task of the group failed")
+
+    def exceptions(self) -> list[BaseException]:
+        """The errors of the group's failed tasks so far."""
+        errors = [f.exception() for f in list(self.futures) if f.done() and not f.cancelled()]
+        return [e for e in errors if e is not None]
+
+    def __enter__(self) -> TaskGroup:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.token.cancel("the group's block raised")
+        with self._lock:
+            futures = list(self.futures)
+        _base.wait(futures)
+        if exc_type is None and self._fail_fast and self._error is not None:
+            raise self._error

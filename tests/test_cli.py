@@ -1,0 +1,303 @@
+"""The `fastpool` command line, run as users run it: `python -m fastpool ...` in a subprocess.
+
+Each test uses tiny inputs; the whole file takes well under 30 s on a loaded 2-core box.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import fastpool
+
+# A user module for `fastpool run`: fails on demand, can be slow, and records calls.
+USER_MODULE = '''
+import os, time
+
+def double(r):
+    if r.get("fail"):
+        raise ValueError(f"bad record {r['i']}")
+    return {"i": r["i"], "y": r["i"] * 2}
+
+_calls = {}
+
+def flaky(r):
+    # Fails on the first attempt of every record, succeeds on the second.
+    n = _calls[r["i"]] = _calls.get(r["i"], 0) + 1
+    if n == 1:
+        raise ConnectionError("try again")
+    return r["i"]
+
+def upper(line):
+    return line.upper()
+
+def unserializable(r):
+    return {1, 2} if r == 2 else r
+
+def slow(r):
+    marker = os.environ.get("STARTED_MARKER")
+    if marker and not os.path.exists(marker):
+        open(marker, "w").close()
+    time.sleep(0.1)
+    return r
+
+not_callable = 42
+'''
+
+
+def _env(**extra: str) -> dict[str, str]:
+    # FASTPOOL_* switches are inherited: the CLI runs on the same core as the tests.
+    return {**os.environ, **extra}
+
+
+def fastpool_cli(*args: str, cwd: Path, timeout: float = 60.0, stdin: str | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -I -m fastpool ARGS`; a hang fails the test with what it printed."""
+    cmd = [sys.executable, "-I", "-m", "fastpool", *args]
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, input=stdin,
+                              timeout=timeout, env=env or _env())
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{cmd} hung for {timeout} s\nstdout: {exc.stdout!r}\nstderr: {exc.stderr!r}")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "usermod.py").write_text(USER_MODULE)
+    return tmp_path
+
+
+def _write_jsonl(path: Path, records: list[object]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _read_jsonl(path: Path) -> list[object]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_version(workdir: Path) -> None:
+    proc = fastpool_cli("--version", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"fastpool {fastpool.__version__} (")
+    core = "native core" if fastpool.NATIVE else "pure-Python core"
+    assert core in proc.stdout
+
+
+def test_no_command_is_a_usage_error(workdir: Path) -> None:
+    proc = fastpool_cli(cwd=workdir)
+    assert proc.returncode == 2
+    assert "usage: fastpool" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_demo_prints_the_comparison(workdir: Path) -> None:
+    proc = fastpool_cli("demo", cwd=workdir, timeout=90)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "concurrent.futures" in out and "tasks/s" in out
+    # The ratio line carries a number, e.g. "ratio   12.34x".
+    ratio_line = next(line for line in out.splitlines() if line.strip().startswith("ratio"))
+    assert float(ratio_line.split()[-1].rstrip("x")) > 0
+    # The Pool scenarios, with the numbers the seeded story must produce.
+    assert "sent 397/400, retried 26 times, dead letters: 3" in out, out
+    assert out.count("after 3 attempts: 550 mailbox unavailable") == 3
+    assert "resized 240 images" in out
+    assert "ShutdownReport(completed=" in out and "timed_out=True" in out
+    assert "Final stats" in out
+
+
+def test_bench_quick_json_has_a_ratio_for_every_case(workdir: Path) -> None:
+    from fastpool import _bench
+
+    proc = fastpool_cli("bench", "--quick", "--json", "--repeat", "1", "--fallback",
+                        cwd=workdir, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    rows = report["cases"]
+    assert {r["case"] for r in rows} == set(_bench.CASES)
+    assert report["machine"]["native"] == fastpool.NATIVE
+    for row in rows:
+        med = row["median"]
+        # --fallback: the pure-Python core ran beside the executor, in a helper process.
+        assert ("fastpool-py" in med) == ("fastpool" in med), row
+        assert row["baseline"] in med and row["subject"] in med, row
+        assert all(v >= 0 for v in med.values()), row
+        if med[row["subject"]] > 0:  # an idle pool may measure exactly 0 % CPU
+            assert isinstance(row["ratio"], float) and row["ratio"] > 0, row
+        assert len(row["runs"][row["subject"]]) == 1
+
+
+def test_bench_table(workdir: Path) -> None:
+    proc = fastpool_cli("bench", "--quick", "--repeat", "1", "--case", "submit",
+                        "--case", "pool-extras", cwd=workdir, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    header, rule, submit, extras = proc.stdout.splitlines()[:4]
+    assert header.split()[:5] == ["case", "metric", "stdlib", "fastpool", "ratio"]
+    assert set(rule) == {"-"}
+    assert submit.startswith("submit ") and "us/task" in submit
+    assert float(submit.split()[4].rstrip("x")) > 0  # the ratio column
+    # The Pool row names its own baseline, the bare executor.
+    assert extras.startswith("pool-extras (fastpool.Pool vs fastpool)")
+    assert "medians of 1 interleaved runs" in proc.stdout.lower()
+
+
+def test_bench_rejects_unknown_case_and_plot_without_matplotlib(workdir: Path) -> None:
+    proc = fastpool_cli("bench", "--quick", "--case", "nope", cwd=workdir)
+    assert proc.returncode == 2
+    assert "unknown case 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        proc = fastpool_cli("bench", "--quick", "--plot", str(workdir / "x.png"), cwd=workdir)
+        assert proc.returncode == 2
+        assert "--plot needs matplotlib" in proc.stderr
+        assert not (workdir / "x.png").exists()
+    else:
+        proc = fastpool_cli("bench", "--quick", "--repeat", "1", "--case", "submit",
+                            "--plot", str(workdir / "x.png"), cwd=workdir, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert (workdir / "x.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_run_keeps_input_order_and_dead_letters_failures(workdir: Path) -> None:
+    records = [{"i": i, "fail": i % 17 == 3} for i in range(300)]
+    _write_jsonl(workdir / "in.jsonl", records)
+    with open(workdir / "in.jsonl", "a") as f:
+        f.write("\n{not json\n")  # a blank line (skipped) and a broken record
+    proc = fastpool_cli("run", "usermod:double", "in.jsonl", "-o", "out.jsonl",
+                        "--workers", "4", "--retries", "1", "--backoff", "0",
+                        "--dead-letter", "dead.jsonl", cwd=workdir)
+    assert proc.returncode == 1, proc.stderr  # some records failed
+    out = _read_jsonl(workdir / "out.jsonl")
+    assert out == [{"i": r["i"], "y": r["i"] * 2} for r in records if not r["fail"]]
+    dead = _read_jsonl(workdir / "dead.jsonl")
+    failed = [r for r in records if r["fail"]]
+    assert [d["record"] for d in dead[:-1]] == failed
+    assert all(d["attempts"] == 2 and d["error"] == f"ValueError: bad record {d['record']['i']}"
+               for d in dead[:-1])
+    assert dead[-1]["record"] == "{not json" and dead[-1]["attempts"] == 0
+    assert dead[-1]["error"].startswith("invalid JSON")
+    assert dead[-1]["line"] == 302
+    assert "failed -> dead.jsonl" in proc.stderr
+
+
+def test_run_retries_then_succeeds(workdir: Path) -> None:
+    _write_jsonl(workdir / "in.jsonl", [{"i": i} for i in range(20)])
+    proc = fastpool_cli("run", "usermod:flaky", "in.jsonl", "-o", "out.jsonl",
+                        "--retries", "1", "--backoff", "0.001", "--progress", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert _read_jsonl(workdir / "out.jsonl") == list(range(20))
+    assert "fastpool run: 20 read, 20 done, 0 failed, 0 in flight" in proc.stderr
+    assert "fastpool run: 20 succeeded in" in proc.stderr
+    assert not (workdir / "out.jsonl.dead-letter.jsonl").exists()
+    # Without retries every record fails, and goes to the default dead-letter file.
+    proc = fastpool_cli("run", "usermod:flaky", "in.jsonl", "-o", "out2.jsonl", cwd=workdir)
+    assert proc.returncode == 1
+    assert len(_read_jsonl(workdir / "out2.jsonl.dead-letter.jsonl")) == 20
+
+
+def test_run_unserializable_result_is_a_failure(workdir: Path) -> None:
+    proc = fastpool_cli("run", "usermod:unserializable", "-", "--dead-letter", "dead.jsonl",
+                        cwd=workdir, stdin="1\n2\n3\n")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == "1\n3\n"
+    [dead] = _read_jsonl(workdir / "dead.jsonl")
+    assert dead["record"] == 2 and dead["line"] == 2 and dead["attempts"] == 1
+    assert dead["error"].startswith("cannot serialize the result: TypeError")
+
+
+def test_run_lines_from_stdin_to_stdout(workdir: Path) -> None:
+    proc = fastpool_cli("run", "usermod:upper", "-", "--format", "lines", "--rate", "1000",
+                        cwd=workdir, stdin="alpha\nbeta\ngamma")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "ALPHA\nBETA\nGAMMA\n"
+
+
+def test_run_file_path_target(workdir: Path) -> None:
+    proc = fastpool_cli("run", str(workdir / "usermod.py") + ":upper", "-", "--format", "lines",
+                        cwd=workdir, stdin="x\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "X\n"
+
+
+@pytest.mark.parametrize("target, message", [
+    ("nosuchmodule_xyz:f", "no module named 'nosuchmodule_xyz'"),
+    ("usermod:nosuch", "module 'usermod' has no attribute 'nosuch'"),
+    ("usermod:not_callable", "'usermod:not_callable' is not callable"),
+    ("usermod", "expected MODULE:FUNC, got 'usermod'"),
+])
+def test_run_bad_target_exits_2(workdir: Path, target: str, message: str) -> None:
+    (workdir / "in.jsonl").write_text("1\n")
+    proc = fastpool_cli("run", target, "in.jsonl", cwd=workdir)
+    assert proc.returncode == 2
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (workdir / "fastpool.dead-letter.jsonl").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "0"], "argument --workers: must be >= 1, got 0"),
+    (["--retries", "-1"], "argument --retries: must be >= 0, got -1"),
+    (["--rate", "fast"], "argument --rate: expected a number, got 'fast'"),
+    (["--format", "xml"], "argument --format: invalid choice: 'xml'"),
+])
+def test_run_bad_options_exit_2(workdir: Path, args: list[str], message: str) -> None:
+    (workdir / "in.jsonl").write_text("1\n")
+    proc = fastpool_cli("run", "usermod:double", "in.jsonl", *args, cwd=workdir)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_missing_input_exits_2(workdir: Path) -> None:
+    proc = fastpool_cli("run", "usermod:double", "missing.jsonl", cwd=workdir)
+    assert proc.returncode == 2
+    assert "cannot open INPUT" in proc.stderr and "missing.jsonl" in proc.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_run_accounts_for_every_record(workdir: Path, signum: int) -> None:
+    n = 400
+    lines = [json.dumps({"i": i}) for i in range(n)]
+    (workdir / "in.jsonl").write_text("\n".join(lines) + "\n")
+    marker = workdir / "started"
+    cmd = [sys.executable, "-I", "-m", "fastpool", "run", "usermod:slow", "in.jsonl",
+           "-o", "out.jsonl", "--workers", "4", "--grace", "20"]
+    proc = subprocess.Popen(cmd, cwd=workdir, env=_env(STARTED_MARKER=str(marker)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.01)
+        time.sleep(0.2)  # a few records done, many still to go (400 x 0.1 s / 4 = 10 s)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signum, stderr
+    out = (workdir / "out.jsonl").read_text().splitlines()
+    unprocessed = (workdir / "out.jsonl.unprocessed").read_text().splitlines()
+    assert not (workdir / "out.jsonl.dead-letter.jsonl").exists()
+    # Interrupted for real, and nothing lost or duplicated: results are a prefix of the
+    # input, in order, and the raw unprocessed lines are exactly the rest.
+    assert 0 < len(out) < n
+    assert out + unprocessed == lines
+    assert f"interrupted by {signal.Signals(signum).name}" in stderr
+    assert f"{len(unprocessed)} unprocessed" in stderr
+
+    # Resuming on the unprocessed file completes the job.
+    proc2 = fastpool_cli("run", "usermod:double", "out.jsonl.unprocessed", "-o", "rest.jsonl",
+                         "--workers", "4", cwd=workdir)
+    assert proc2.returncode == 0, proc2.stderr
+    done = [json.loads(x)["i"] for x in out] + [r["i"] for r in _read_jsonl(workdir / "rest.jsonl")]
+    assert done == list(range(n))
