@@ -319,7 +319,12 @@ class Queue {
           return st;
         }
         FP_CPU_RELAX();
-        if ((i & 63) == 0 && std::chrono::steady_clock::now() >= end) break;
+        if ((i & 63) == 0) {
+          if (std::chrono::steady_clock::now() >= end) break;
+          /* Oversubscribed (more runnable threads than cores), a spinner would take the
+           * core the producer needs: let the scheduler run someone else now and then. */
+          std::this_thread::yield();
+        }
       }
     }
     auto deadline = std::chrono::steady_clock::now() + to_duration(timeout < 0 ? 0 : timeout);
