@@ -345,7 +345,7 @@ def _in_worker_of(pool: Pool) -> bool:
 
 class Pool(ThreadPoolExecutor):
     _work_queue: Any  # a core.WorkQueue
-    """A production worker pool (see the module docstring and docs/pool.md).
+    """A production worker pool (see the module docstring and README.md).
 
     Args:
         workers: maximum number of worker threads (default as ThreadPoolExecutor).
