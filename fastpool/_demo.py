@@ -148,7 +148,11 @@ def _part_shutdown() -> Any:
     pool = fastpool.Pool(4, name="ingest")
     futures = [pool.schedule(time.sleep, (0.05,), key=f"job-{i:02d}") for i in range(40)]
     pool.handle_signals(timeout=0.2)
-    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    # On Windows os.kill(pid, SIGTERM) ends the process outright: raise it in-process there.
+    if os.name == "nt":
+        threading.Timer(0.2, signal.raise_signal, (signal.SIGTERM,)).start()
+    else:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
     # The signal starts shutdown(timeout=0.2): it drains for 0.2 s, then cancels what
     # never started, so every future ends up done.
     fastpool.wait(futures, timeout=30)

@@ -789,15 +789,20 @@ class Pool(ThreadPoolExecutor):
             if task.state != RUNNING:
                 return
             task.state = SETTLING
+            # The dead letter goes in before the future fails: code that reacts to the
+            # failure (a done-callback, a wait() returning) must find it already there.
+            dead = task.retry is not None
+            if dead:
+                self._dead_letter(task, exc)
         try:
             fut.set_exception(exc)
         except InvalidStateError:
             pass
         finally:
-            self._commit(task, RUNNING, error=exc)
+            self._commit(task, RUNNING, error=exc, dead_lettered=dead)
 
     def _commit(self, task: _Task, was: int, error: BaseException | None = None,
-                cancelled: bool = False) -> None:
+                cancelled: bool = False, dead_lettered: bool = False) -> None:
         """Count a settled task: it leaves state `was` for failed or cancelled."""
         if task.opts is not None:
             self._cleanup(task)  # before it is counted (see _task_succeeded)
@@ -813,7 +818,7 @@ class Pool(ThreadPoolExecutor):
                 self._cancelled += 1
             else:
                 self._failed += 1
-                if task.retry is not None:
+                if task.retry is not None and not dead_lettered:
                     self._dead_letter(task, error)  # type: ignore[arg-type]
             if self._watch:
                 self._check_idle()

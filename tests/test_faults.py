@@ -290,6 +290,46 @@ def test_thread_start_failure_with_workers_left_still_runs_everything(monkeypatc
         pool.shutdown(wait=True)
 
 
+# Real exhaustion, not a monkeypatch: a cap on the address space with 64 MB thread
+# stacks leaves room for only a few threads, so pthread_create itself fails (EAGAIN ->
+# RuntimeError "can't start new thread"), in a subprocess so the cap stays there.
+EXHAUST_PROGRAM = r"""
+import faulthandler, os, resource, threading, time
+import fastpool
+
+faulthandler.dump_traceback_later(25, exit=True)  # a hang prints every thread's stack
+
+threading.stack_size(64 * 1024 * 1024)
+with open("/proc/self/statm") as f:
+    vm = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+resource.setrlimit(resource.RLIMIT_AS, (vm + HEADROOM_MB * 1024 * 1024, hard))
+pool = getattr(fastpool, POOL)(32)
+try:
+    fs = [pool.submit(time.sleep, 0.002) for _ in range(300)]
+except RuntimeError as exc:
+    print("submit error:", exc)
+else:
+    print("done", sum(f.result(60) is None for f in fs), "threads", len(pool._threads))
+pool.shutdown()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
+@pytest.mark.parametrize("pool", ["ThreadPoolExecutor", "Pool"])
+def test_real_thread_exhaustion(run_py, pool):
+    # Room for a few workers: they run everything, the pool does not insist on 32.
+    proc = run_py(f"POOL = {pool!r}\nHEADROOM_MB = 300\n" + EXHAUST_PROGRAM, timeout=60)
+    assert proc.returncode == 0, str(proc)
+    assert "done 300 threads" in proc.stdout, str(proc)
+    threads = int(proc.stdout.split("threads")[1].split()[0])
+    assert 1 <= threads < 32, str(proc)
+    # Room for none: submit says so at once instead of queueing work nobody will run.
+    proc = run_py(f"POOL = {pool!r}\nHEADROOM_MB = 16\n" + EXHAUST_PROGRAM, timeout=60)
+    assert proc.returncode == 0, str(proc)
+    assert "submit error: can't start new thread" in proc.stdout, str(proc)
+
+
 # ------------------------------------------------------------- garbage collection
 
 
