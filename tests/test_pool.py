@@ -700,3 +700,24 @@ def test_unreferenced_pool_is_collected_and_its_workers_exit():
     # moment; after that nothing -- timer entry, token hook, worker -- keeps it alive.
     wait_until(lambda: gc.collect() is not None and ref() is None, what="the pool to be freed")
     # (the autouse fixture fails the test if its worker threads do not exit)
+
+
+def test_dead_letter_is_recorded_before_the_future_fails():
+    # Code that reacts to a failure (a done-callback here) must find its dead letter.
+    missing = []
+
+    def boom(i):
+        raise ValueError(i)
+
+    with Pool(4, retry=Retry(attempts=1)) as pool:
+        def check(f, pool=pool):
+            keys = {letter.args for letter in pool.dead_letters}
+            if (f.index,) not in keys:
+                missing.append(f.index)
+
+        for i in range(300):
+            f = pool.submit(boom, i)
+            f.index = i
+            f.add_done_callback(check)
+        pool.join()
+    assert missing == []
