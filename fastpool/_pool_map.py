@@ -83,7 +83,7 @@ def _progress(pool: Pool, progress: Any, iterables: tuple[Iterable[Any], ...]) -
         return _NoProgress()
     if progress is True:
         try:
-            from tqdm.auto import tqdm  # type: ignore[import-untyped]
+            from tqdm.auto import tqdm
         except ImportError:
             raise ImportError("map(progress=True) shows a tqdm bar and needs tqdm "
                               "(pip install tqdm); or pass a callable receiving Stats") from None

@@ -106,6 +106,12 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         initargs: A tuple of arguments to pass to the initializer.
     """
 
+    # Same names as the stdlib's attributes (code in the wild reads them), other types:
+    # the queue is fastpool's, and _broken holds the reason string once broken.
+    _work_queue: Any
+    _broken: str | bool  # type: ignore[assignment]
+    _initializer: Callable[..., object] | None  # type: ignore[assignment]
+
     def __init__(self, max_workers: int | None = None, thread_name_prefix: str = "",
                  initializer: Callable[..., object] | None = None,
                  initargs: tuple[Any, ...] = ()) -> None:
@@ -118,11 +124,11 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         self._max_workers = max_workers
         self._work_queue = self._make_queue()
         self._threads: set[threading.Thread] = set()
-        self._broken: str | bool = False
+        self._broken = False
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
         # Shares the stdlib's counter, so default names continue its numbering.
-        self._thread_name_prefix = thread_name_prefix or ("ThreadPoolExecutor-%d" % self._counter())
+        self._thread_name_prefix = thread_name_prefix or ("ThreadPoolExecutor-%d" % self._counter())  # type: ignore[attr-defined]
         self._initializer = initializer
         self._initargs = initargs
         # Live map() jobs, so shutdown(cancel_futures=True) can cancel their unstarted items.

@@ -29,7 +29,8 @@ import weakref
 from concurrent.futures import CancelledError, _base
 from dataclasses import dataclass, field
 from time import monotonic, time
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator, NamedTuple
+from typing import (Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, NamedTuple,
+                    TypeVar)
 
 from . import executor as _executor
 from ._compat import core
@@ -41,6 +42,8 @@ from .errors import DeadlineExceeded, QueueFull
 from .executor import BrokenThreadPool, ThreadPoolExecutor
 from .retry import Retry
 from .stats import _MASK, Stats, new_ring, percentiles
+
+_T = TypeVar("_T")
 
 __all__ = ["Pool", "Task", "ShutdownReport", "TaskGroup"]
 
@@ -454,6 +457,10 @@ class Pool(ThreadPoolExecutor):
         task.retry = self._retry
         task.attempt = 1
         task.state = QUEUED
+        if not self._threads:
+            # No worker yet: start one before the task is accepted, so that failing to
+            # start a thread (RuntimeError) leaves no task queued that nobody can run.
+            self._adjust_thread_count()
         lock = self._lock
         lock.acquire()
         if self._shutdown or self._broken or _executor._shutdown:
@@ -533,6 +540,8 @@ class Pool(ThreadPoolExecutor):
 
     def _put(self, task: _Task, timeout: float | None, count_rejected: bool = True) -> bool:
         """Accept and queue a new task; False if the queue stayed full for `timeout` s."""
+        if not self._threads:
+            self._adjust_thread_count()  # raises before accepting if none can start
         lock = self._lock
         lock.acquire()
         if self._shutdown or self._broken or _executor._shutdown:
@@ -791,9 +800,11 @@ class Pool(ThreadPoolExecutor):
             task.state = SETTLING
             # The dead letter goes in before the future fails: code that reacts to the
             # failure (a done-callback, a wait() returning) must find it already there.
+            # (Only the letter: it is counted with the failure, in _commit, so that
+            # stats().dead_lettered never exceeds failed.)
             dead = task.retry is not None
             if dead:
-                self._dead_letter(task, exc)
+                self._put_dead_letter(task, exc)
         try:
             fut.set_exception(exc)
         except InvalidStateError:
@@ -818,15 +829,16 @@ class Pool(ThreadPoolExecutor):
                 self._cancelled += 1
             else:
                 self._failed += 1
-                if task.retry is not None and not dead_lettered:
-                    self._dead_letter(task, error)  # type: ignore[arg-type]
+                if task.retry is not None:
+                    self._dead_lettered += 1
+                    if not dead_lettered:
+                        self._put_dead_letter(task, error)  # type: ignore[arg-type]
             if self._watch:
                 self._check_idle()
 
-    def _dead_letter(self, task: _Task, exc: BaseException) -> None:
+    def _put_dead_letter(self, task: _Task, exc: BaseException) -> None:
         # Under the lock: a join() that returns sees the dead letter already there.
         opts = task.opts
-        self._dead_lettered += 1
         self.dead_letters.put(DeadLetter(None if opts is None else opts.key, task.fn,
                                          task.args, task.kwargs, exc, task.attempt, time()))
 
@@ -1209,7 +1221,7 @@ class Pool(ThreadPoolExecutor):
         return map_iter(self, fn, iterables, timeout, chunksize, buffersize, ordered,
                         return_exceptions, progress)
 
-    def asubmit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    def asubmit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Awaitable[_T]:
         """Awaitable submit: waits (without blocking the loop) for queue space, then the result."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")

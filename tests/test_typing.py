@@ -1,0 +1,91 @@
+"""The package is fully typed: mypy --strict passes on it and on code using its API.
+
+Runs on the *installed* package (its .py files, the _core.pyi stub of the extension and
+py.typed), wherever the tests are run from.
+"""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import fastpool
+
+mypy = pytest.importorskip("mypy", reason="mypy is in the test extra")
+
+CONFIG = """\
+[mypy]
+strict = True
+cache_dir = {cache}
+mypy_path = {path}
+
+[mypy-matplotlib.*,tqdm.*,distributed.*]
+ignore_missing_imports = True
+"""
+
+USAGE = '''\
+import asyncio
+from concurrent.futures import Future, as_completed
+
+from fastpool import CancelToken, Pool, Retry, ShutdownReport, Stats, ThreadPoolExecutor
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+with ThreadPoolExecutor(max_workers=2) as ex:
+    fut: Future[int] = ex.submit(double, 21)
+    total: int = sum(f.result() for f in as_completed([fut]))
+    doubled: list[int] = list(ex.map(double, range(10), buffersize=4))
+
+with Pool(2, queue_size=8, retry=Retry(attempts=2)) as pool:
+    maybe = pool.try_submit(double, 1)
+    if maybe is not None:
+        print(maybe.result())
+    token = CancelToken(timeout=5.0)
+    pool.schedule(double, (2,), token=token, key="k").result()
+    stats: Stats = pool.stats()
+    print(stats.submitted, len(pool.dead_letters))
+
+report: ShutdownReport = Pool(1).shutdown(timeout=1.0)
+print(report.completed, [t.key for t in report.not_started])
+
+
+async def main() -> int:
+    with Pool(2) as p:
+        return await p.asubmit(double, 4)
+
+print(asyncio.run(main()))
+'''
+
+
+def run_mypy(tmp_path, *targets):
+    config = tmp_path / "mypy.ini"
+    # mypy_path: the installed package's parent, so an editable install is found too.
+    config.write_text(CONFIG.format(cache=tmp_path / "cache",
+                                    path=Path(fastpool.__file__).parent.parent))
+    return subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(config),
+                           "--no-error-summary", *targets],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+
+def test_package_passes_mypy_strict(tmp_path):
+    package = Path(fastpool.__file__).parent
+    assert (package / "py.typed").exists()
+    assert (package / "_core.pyi").exists()
+    proc = run_mypy(tmp_path, str(package))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_public_api_usage_type_checks(tmp_path):
+    script = tmp_path / "usage.py"
+    script.write_text(textwrap.dedent(USAGE))
+    proc = run_mypy(tmp_path, str(script))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # ...and it really runs.
+    run = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
