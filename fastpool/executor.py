@@ -155,11 +155,23 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         # idle_workers: with a core that drops a worker from idle_workers before its item
         # leaves qsize, this order can over-count the need (harmless), never under-count
         # it (a second task queued behind a busy worker that still looked idle).
-        if q.qsize() >= q.idle_workers and len(self._threads) < self._max_workers:
+        # Workers start before the item is queued, so that when none can start at all
+        # (out of OS threads) submit raises instead of queueing work nobody will run.
+        started = False
+        n = len(self._threads)
+        if q.qsize() >= q.idle_workers and n < self._max_workers:
             self._adjust_thread_count()
+            started = len(self._threads) > n
         try:
             q.put(item)
         except QueueClosed:
+            fut = getattr(item, "future", None)
+            if started and self._broken and not self._shutdown and fut is not None:
+                # The worker this call started failed its initializer before the item
+                # was queued. The stdlib queues first, so there this task's future fails
+                # with BrokenThreadPool rather than submit raising: keep that.
+                fut.set_exception(BrokenThreadPool(self._broken))
+                return
             self._raise_closed()
 
     def _raise_closed(self) -> None:

@@ -540,11 +540,23 @@ class Pool(ThreadPoolExecutor):
 
     def _put(self, task: _Task, timeout: float | None, count_rejected: bool = True) -> bool:
         """Accept and queue a new task; False if the queue stayed full for `timeout` s."""
+        started = False
         if not self._threads:
             self._adjust_thread_count()  # raises before accepting if none can start
+            started = bool(self._threads)
         lock = self._lock
         lock.acquire()
         if self._shutdown or self._broken or _executor._shutdown:
+            if started and self._broken and not (self._shutdown or _executor._shutdown):
+                # The worker this call started failed its initializer before the task
+                # was accepted: as in the stdlib (which queues first), the task fails
+                # with BrokenThreadPool instead of the call raising.
+                self._submitted += 1
+                self._failed += 1
+                task.state = DONE
+                lock.release()
+                task.future.set_exception(BrokenThreadPool(self._broken))
+                return True
             lock.release()
             self._raise_closed()
         n = self._submitted = self._submitted + 1

@@ -12,7 +12,8 @@ fastpool/_core_py.py is the pure-Python twin of this module; both must keep the 
 interface (fastpool/_core.pyi), and the whole test suite runs against both.
 """
 cimport cython
-from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 from libcpp.atomic cimport atomic
 from libcpp.vector cimport vector
 
@@ -28,6 +29,15 @@ from fastpool._future import worker_local
 
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
+    # Raw C calls for map's inner loop: NULL with an exception set on error, handled there.
+    PyObject *PyObject_CallOneArg(object callable, object arg)
+    PyObject *PyObject_Call(object callable, object args, PyObject *kwargs)
+    void PyErr_Fetch(PyObject **ptype, PyObject **pvalue, PyObject **ptraceback)
+    void PyErr_NormalizeException(PyObject **ptype, PyObject **pvalue, PyObject **ptraceback)
+    int PyException_SetTraceback(PyObject *ex, PyObject *tb)
+    object PyList_New(Py_ssize_t size)
+    # Steals the reference: fills a fresh PyList_New slot with a call's new result.
+    void PyList_SET_ITEM_STEAL "PyList_SET_ITEM"(object lst, Py_ssize_t i, PyObject *o)
     ctypedef struct PyThreadState
     int PyGILState_Check() noexcept nogil
     PyThreadState *PyEval_SaveThread() noexcept nogil
@@ -603,6 +613,22 @@ cdef class _Failure:
         self.error = error
 
 
+cdef object _failure_from_error():
+    """The exception a raw C call just raised (it is set), as a _Failure; clears it."""
+    cdef PyObject *etype = NULL
+    cdef PyObject *value = NULL
+    cdef PyObject *tb = NULL
+    PyErr_Fetch(&etype, &value, &tb)
+    PyErr_NormalizeException(&etype, &value, &tb)
+    if tb != NULL:
+        PyException_SetTraceback(value, tb)
+    error = <object>value
+    Py_XDECREF(etype)
+    Py_XDECREF(value)
+    Py_XDECREF(tb)
+    return _Failure(error)
+
+
 cdef class _MapRunner:
     cdef _MapState job
 
@@ -722,11 +748,6 @@ cdef class _MapState:
                 raise
         return 0
 
-    cdef inline object _call(self, object item):
-        if self.star:
-            return self.fn(*item)
-        return self.fn(item)
-
     @cython.boundscheck(False)
     @cython.wraparound(False)
     cdef void _run(self) except *:
@@ -734,6 +755,8 @@ cdef class _MapState:
         cdef Py_ssize_t size = self.min_chunk, start, i, n
         cdef list items, results
         cdef double t0, elapsed
+        cdef PyObject *r
+        cdef object fn, failure
         while True:
             with cython.critical_section(self):
                 n = len(self.pending) - self.head
@@ -750,17 +773,29 @@ cdef class _MapState:
                 if self.head >= 4096 and self.head * 2 >= len(self.pending):
                     del self.pending[:self.head]
                     self.head = 0
-            results = [None] * size
+            # Every slot of this fresh list is filled below before anyone sees it.
+            results = PyList_New(size)
             t0 = c_monotonic()
+            fn = self.fn
             for i in range(size):
                 if self.cancelled.load():
                     # Never started: reported as cancelled if anyone still looks.
-                    results[i] = _Failure(CancelledError())
+                    failure = _Failure(CancelledError())
+                    Py_INCREF(failure)
+                    PyList_SET_ITEM_STEAL(results, i, <PyObject *>failure)
                     continue
-                try:
-                    results[i] = self._call(items[i])
-                except BaseException as exc:
-                    results[i] = _Failure(exc)
+                # The hot loop: a raw C call (no Python-level try block to set up per
+                # item); NULL means it raised, and the exception becomes the slot's value.
+                if self.star:
+                    r = PyObject_Call(fn, items[i], NULL)
+                else:
+                    r = PyObject_CallOneArg(fn, items[i])
+                if r == NULL:
+                    failure = _failure_from_error()
+                    Py_INCREF(failure)
+                    r = <PyObject *>failure
+                PyList_SET_ITEM_STEAL(results, i, r)
+            failure = None
             items = None
             elapsed = c_monotonic() - t0
             with cython.critical_section(self):

@@ -64,9 +64,12 @@ print(asyncio.run(main()))
 
 def run_mypy(tmp_path, *targets):
     config = tmp_path / "mypy.ini"
-    # mypy_path: the installed package's parent, so an editable install is found too.
-    config.write_text(CONFIG.format(cache=tmp_path / "cache",
-                                    path=Path(fastpool.__file__).parent.parent))
+    # An editable install is invisible to mypy (an import hook): point mypy_path at the
+    # source tree then. An installed package is found as usual (and mypy refuses
+    # site-packages on its path).
+    parent = Path(fastpool.__file__).resolve().parent.parent
+    path = "" if parent.name in ("site-packages", "dist-packages") else str(parent)
+    config.write_text(CONFIG.format(cache=tmp_path / "cache", path=path))
     return subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(config),
                            "--no-error-summary", *targets],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
