@@ -80,19 +80,28 @@ def _default_max_workers() -> int:
     return min(32, (count or 1) + 4)
 
 
-def _worker(executor_reference: weakref.ref[ThreadPoolExecutor], work_queue: Any,
-            initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
+def _initialize_worker(owner_reference: weakref.ref[Any],
+                       initializer: Callable[..., object] | None,
+                       initargs: tuple[Any, ...]) -> bool:
+    """Run a new worker's initializer; if it fails, break the owner pool (as the stdlib
+    does) and return False: the worker must then exit."""
     worker_local.active = True
     if initializer is not None:
         try:
             initializer(*initargs)
         except BaseException:
             _base.LOGGER.critical("Exception in initializer:", exc_info=True)
-            executor = executor_reference()
-            if executor is not None:
-                executor._initializer_failed()
-            return
-    core.run_worker(work_queue)
+            owner = owner_reference()
+            if owner is not None:
+                owner._initializer_failed()
+            return False
+    return True
+
+
+def _worker(executor_reference: weakref.ref[ThreadPoolExecutor], work_queue: Any,
+            initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
+    if _initialize_worker(executor_reference, initializer, initargs):
+        core.run_worker(work_queue)
 
 
 class ThreadPoolExecutor(_thread.ThreadPoolExecutor):

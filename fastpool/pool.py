@@ -34,7 +34,6 @@ from typing import (Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator,
 
 from . import executor as _executor
 from ._compat import core
-from ._future import worker_local
 from ._timer import Timer
 from .cancel import CancelToken, _local, _timeout_seconds
 from .deadletter import DeadLetter, DeadLetterQueue
@@ -302,18 +301,10 @@ class _IdleClock:
 
 def _pool_worker(pool_ref: weakref.ref[Pool], queue: Any, initializer: Callable[..., object] | None,
                  initargs: tuple[Any, ...], poll: float, token: CancelToken) -> None:
-    worker_local.active = True
     _local.token = token
     _local.pool_ref = pool_ref
-    if initializer is not None:
-        try:
-            initializer(*initargs)
-        except BaseException:
-            _base.LOGGER.critical("Exception in initializer:", exc_info=True)
-            pool = pool_ref()
-            if pool is not None:
-                pool._initializer_failed()
-            return
+    if not _executor._initialize_worker(pool_ref, initializer, initargs):
+        return
     me = threading.current_thread()
     clock = _IdleClock()
 

@@ -19,6 +19,12 @@ from dataclasses import dataclass
 
 import pytest
 
+# Shared test helpers (tests/pool_support.py) import as plain modules; with
+# --import-mode=importlib the tests directory is not otherwise on sys.path.
+_TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
 import fastpool
 from fastpool import _compat
 

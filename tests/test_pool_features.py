@@ -16,78 +16,8 @@ import time
 import pytest
 
 from fastpool import Pool, Retry, Stats, current_token
-
-PROMPT = 15.0
-
-
-# Helpers as in test_pool.py (test modules are not importable from each other here).
-def wait_until(pred, timeout: float = PROMPT, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.002)
-
-
-def check_invariant(s: Stats) -> None:
-    assert min(s.queued, s.running, s.retrying) >= 0, s
-    assert s.submitted == (s.succeeded + s.failed + s.cancelled + s.not_started
-                           + s.queued + s.running + s.retrying), s
-
-
-def ok(x=None):
-    return x
-
-
-def fail(x=None):
-    raise ValueError(f"bad {x}")
-
-
-class Gate:
-    """Tasks that block until opened; `started` counts the ones that got going."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.lock = threading.Lock()
-        self.started = 0
-
-    def __call__(self, value=None):
-        with self.lock:
-            self.started += 1
-        assert self.event.wait(PROMPT * 2), "gate never opened"
-        return value
-
-    def wait_started(self, n: int) -> None:
-        wait_until(lambda: self.started >= n, what=f"{n} gated tasks to start")
-
-    def open(self) -> None:
-        self.event.set()
-
-
-@pytest.fixture
-def make_pool():
-    pools: list[Pool] = []
-    gates: list[Gate] = []
-
-    def make(*args, **kwargs) -> Pool:
-        pool = Pool(*args, **kwargs)
-        pools.append(pool)
-        return pool
-
-    make.gates = gates  # type: ignore[attr-defined]
-    yield make
-    for g in gates:
-        g.open()
-    for pool in pools:
-        pool.shutdown(wait=True, timeout=PROMPT)
-
-
-@pytest.fixture
-def gate(make_pool) -> Gate:
-    g = Gate()
-    make_pool.gates.append(g)
-    return g
-
+from pool_support import (PROMPT, Gate, check_invariant, fail, gate, make_pool, ok,  # noqa: F401
+                          wait_until)
 
 # -- scaling -----------------------------------------------------------------------------
 
