@@ -950,6 +950,20 @@ class Pool(ThreadPoolExecutor):
             if self._close_when_idle:
                 self._work_queue.close()
 
+    def _take_unstarted(self, items: list[_Task]) -> list[_Task]:
+        """Under the lock: of `items` (drained from the queue) and the retries waiting in
+        the timer, the tasks not started yet, taken out of the queued/retrying counts."""
+        taken = []
+        for task in items + self._timer.drain(self._retry_due):
+            if task.state == QUEUED:
+                self._queued -= 1
+            elif task.state == RETRY:
+                self._retrying -= 1
+            else:
+                continue
+            taken.append(task)
+        return taken
+
     def _initializer_failed(self) -> None:
         with self._lock:
             self._broken = ("A thread initializer failed, the thread pool "
@@ -958,13 +972,7 @@ class Pool(ThreadPoolExecutor):
         items = self._work_queue.drain()
         failed = []
         with self._lock:
-            for task in items + self._timer.drain(self._retry_due):
-                if task.state == QUEUED:
-                    self._queued -= 1
-                elif task.state == RETRY:
-                    self._retrying -= 1
-                else:
-                    continue
+            for task in self._take_unstarted(items):
                 task.state = DONE
                 if task.future.cancelled():
                     self._cancelled += 1
@@ -1105,13 +1113,7 @@ class Pool(ThreadPoolExecutor):
         items = q.drain()
         dropped = []
         with self._lock:
-            for task in items + self._timer.drain(self._retry_due):
-                if task.state == QUEUED:
-                    self._queued -= 1
-                elif task.state == RETRY:
-                    self._retrying -= 1
-                else:
-                    continue
+            for task in self._take_unstarted(items):
                 self._abandon(task)
                 dropped.append(task)
             # Tasks in transit are still counted as queued or retrying: taken from the
