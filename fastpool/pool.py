@@ -449,9 +449,9 @@ class Pool(ThreadPoolExecutor):
         task.attempt = 1
         task.state = QUEUED
         if not self._threads:
-            # No worker yet: start one before the task is accepted, so that failing to
-            # start a thread (RuntimeError) leaves no task queued that nobody can run.
-            self._adjust_thread_count()
+            # No worker yet: _put starts one first and handles its failures.
+            self._put(task, None)
+            return fut
         lock = self._lock
         lock.acquire()
         if self._shutdown or self._broken or _executor._shutdown:
@@ -533,22 +533,16 @@ class Pool(ThreadPoolExecutor):
         """Accept and queue a new task; False if the queue stayed full for `timeout` s."""
         started = False
         if not self._threads:
-            self._adjust_thread_count()  # raises before accepting if none can start
+            # Start a worker before the task is accepted, so that failing to start a
+            # thread (RuntimeError) leaves no task queued that nobody can run.
+            self._adjust_thread_count()
             started = bool(self._threads)
         lock = self._lock
         lock.acquire()
         if self._shutdown or self._broken or _executor._shutdown:
-            if started and self._broken and not (self._shutdown or _executor._shutdown):
-                # The worker this call started failed its initializer before the task
-                # was accepted: as in the stdlib (which queues first), the task fails
-                # with BrokenThreadPool instead of the call raising.
-                self._submitted += 1
-                self._failed += 1
-                task.state = DONE
-                lock.release()
-                task.future.set_exception(BrokenThreadPool(self._broken))
-                return True
             lock.release()
+            if started and self._fail_on_broken_start(task):
+                return True
             self._raise_closed()
         n = self._submitted = self._submitted + 1
         self._queued += 1
@@ -571,6 +565,8 @@ class Pool(ThreadPoolExecutor):
             queued = q.put_nowait(task)
         except QueueClosed:
             self._unput(task, False)
+            if started and self._fail_on_broken_start(task):
+                return True
             self._raise_closed()
         if not queued:
             return self._put_full(task, timeout, count_rejected)
@@ -606,6 +602,19 @@ class Pool(ThreadPoolExecutor):
             return False
         if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
             self._adjust_thread_count()
+        return True
+
+    def _fail_on_broken_start(self, task: _Task) -> bool:
+        """The worker this call started may have failed its initializer before the task
+        was accepted. As in the stdlib (which queues first), the task then fails with
+        BrokenThreadPool instead of the call raising. True if that is what happened."""
+        with self._lock:
+            if not self._broken or self._shutdown or _executor._shutdown:
+                return False
+            self._submitted += 1
+            self._failed += 1
+            task.state = DONE
+        task.future.set_exception(BrokenThreadPool(self._broken))
         return True
 
     def _unput(self, task: _Task, rejected: bool) -> None:
