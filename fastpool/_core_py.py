@@ -183,6 +183,11 @@ class WorkItem:
         """Called for items removed from the queue unrun (shutdown(cancel_futures=True))."""
         return bool(self.future.cancel())
 
+    def fail(self, error: BaseException) -> None:
+        """Called for items removed from the queue unrun because the pool broke."""
+        if not self.future.done():
+            self.future.set_exception(error)
+
     def run(self) -> None:
         future = self.future
         if not future.set_running_or_notify_cancel():
@@ -214,9 +219,14 @@ class _MapRunner:
 
     def cancel(self) -> None:
         """Removed from the queue unrun: the job cannot complete any more."""
+        self.fail(None)
+
+    def fail(self, error: BaseException | None) -> None:
+        """Removed from the queue unrun because the pool broke: the consumer gets
+        `error` (None: CancelledError) where the missing results would be."""
         with self.job.cond:
             self.job.runners -= 1
-        self.job.abort()
+        self.job.abort(error)
 
     def run(self) -> None:
         self.job._run()
@@ -240,6 +250,7 @@ class _MapState:
         self.input_done = False
         self.cancelled = False
         self.aborted = False
+        self.abort_error: BaseException | None = None
         self.runners = 0
         self.pending: deque[Any] = deque()
         self.taken = 0
@@ -302,11 +313,13 @@ class _MapState:
                     self.done.append(result)
                 self.cond.notify_all()
 
-    def abort(self) -> None:
+    def abort(self, error: BaseException | None = None) -> None:
         """The pool is cancelling its work: inputs not started yet never run, and the
-        consumer gets CancelledError where their results would be."""
+        consumer gets `error` (None: CancelledError) where their results would be."""
         with self.cond:
             self.aborted = True
+            if self.abort_error is None:
+                self.abort_error = error
             self.cancelled = True
             self.cond.notify_all()
 
@@ -334,6 +347,8 @@ class _MapState:
                     # it never comes.
                     if self.aborted and self.runners <= 0:
                         self.cancelled = True
+                        if self.abort_error is not None:
+                            raise self.abort_error
                         raise _base_CancelledError()
                     if self.deadline is not None:
                         remaining = self.deadline - time.monotonic()

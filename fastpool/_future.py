@@ -132,49 +132,33 @@ class Future(_base.Future):  # type: ignore[type-arg]
         except Exception:
             LOGGER.exception("exception calling callback for %r", self)
 
-    def result(self, timeout: float | None = None) -> Any:
-        try:
-            state = self._state
-            if state == FINISHED:
-                return self._get_result()
-            if state in _CANCELLED_STATES:
-                raise CancelledError()
+    def _wait_finished(self, timeout: float | None) -> None:
+        """Return once FINISHED; CancelledError if cancelled, TimeoutError if timeout
+        passes first. (The Condition is created here, on first need.)"""
+        state = self._state
+        if state not in _DONE_STATES:
             with self._condition:
+                if self._state not in _DONE_STATES:
+                    self._condition.wait(timeout)
                 state = self._state
-                if state in _CANCELLED_STATES:
-                    raise CancelledError()
-                if state == FINISHED:
-                    return self._get_result()
-                self._condition.wait(timeout)
-                state = self._state
-                if state in _CANCELLED_STATES:
-                    raise CancelledError()
-                if state == FINISHED:
-                    return self._get_result()
-                raise FuturesTimeoutError()
+        if state in _CANCELLED_STATES:
+            raise CancelledError()
+        if state != FINISHED:
+            raise FuturesTimeoutError()
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._state != FINISHED:
+            self._wait_finished(timeout)
+        try:
+            return self._get_result()
         finally:
             # Break a reference cycle with the exception in self._exception
             self = None  # type: ignore[assignment]
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        state = self._state
-        if state == FINISHED:
-            return self._exception
-        if state in _CANCELLED_STATES:
-            raise CancelledError()
-        with self._condition:
-            state = self._state
-            if state in _CANCELLED_STATES:
-                raise CancelledError()
-            if state == FINISHED:
-                return self._exception
-            self._condition.wait(timeout)
-            state = self._state
-            if state in _CANCELLED_STATES:
-                raise CancelledError()
-            if state == FINISHED:
-                return self._exception
-            raise FuturesTimeoutError()
+        if self._state != FINISHED:
+            self._wait_finished(timeout)
+        return self._exception
 
     def set_running_or_notify_cancel(self) -> bool:
         with self._lock:

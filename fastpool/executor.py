@@ -174,12 +174,11 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         try:
             q.put(item)
         except QueueClosed:
-            fut = getattr(item, "future", None)
-            if started and self._broken and not self._shutdown and fut is not None:
+            if started and self._broken and not self._shutdown:
                 # The worker this call started failed its initializer before the item
                 # was queued. The stdlib queues first, so there this task's future fails
                 # with BrokenThreadPool rather than submit raising: keep that.
-                fut.set_exception(BrokenThreadPool(self._broken))
+                item.fail(BrokenThreadPool(self._broken))
                 return
             self._raise_closed()
 
@@ -233,8 +232,7 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
             self._work_queue.close()
             # Drain work queue and mark pending futures failed
             for item in self._work_queue.drain():
-                if not item.future.done():
-                    item.future.set_exception(BrokenThreadPool(self._broken))
+                item.fail(BrokenThreadPool(self._broken))
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:

@@ -415,6 +415,23 @@ cdef object _cancel(object fut):
     return True
 
 
+cdef int _wait_finished(object fut, object timeout) except -1:
+    """Return once fut is FINISHED; CancelledError if it is cancelled, TimeoutError if
+    timeout passes first. (The Condition is created here, on first need.)"""
+    state = fut._state
+    if not _is_done(state):
+        cond = _get_condition(fut)
+        with cond:
+            if not _is_done(fut._state):
+                cond.wait(timeout)
+            state = fut._state
+    if _is_cancelled(state):
+        raise CancelledError()
+    if state is not FINISHED:
+        raise FuturesTimeoutError()
+    return 0
+
+
 class Future(_base.Future):
     """Represents the result of an asynchronous computation (see concurrent.futures.Future)."""
 
@@ -487,46 +504,14 @@ class Future(_base.Future):
             LOGGER.exception("exception calling callback for %r", self)
 
     def result(self, timeout=None):
-        state = self._state
-        if state is FINISHED:
-            return self._get_result()
-        if _is_cancelled(state):
-            raise CancelledError()
-        cond = _get_condition(self)
-        with cond:
-            state = self._state
-            if _is_cancelled(state):
-                raise CancelledError()
-            if state is FINISHED:
-                return self._get_result()
-            cond.wait(timeout)
-            state = self._state
-            if _is_cancelled(state):
-                raise CancelledError()
-            if state is FINISHED:
-                return self._get_result()
-            raise FuturesTimeoutError()
+        if self._state is not FINISHED:
+            _wait_finished(self, timeout)
+        return self._get_result()
 
     def exception(self, timeout=None):
-        state = self._state
-        if state is FINISHED:
-            return self._exception
-        if _is_cancelled(state):
-            raise CancelledError()
-        cond = _get_condition(self)
-        with cond:
-            state = self._state
-            if _is_cancelled(state):
-                raise CancelledError()
-            if state is FINISHED:
-                return self._exception
-            cond.wait(timeout)
-            state = self._state
-            if _is_cancelled(state):
-                raise CancelledError()
-            if state is FINISHED:
-                return self._exception
-            raise FuturesTimeoutError()
+        if self._state is not FINISHED:
+            _wait_finished(self, timeout)
+        return self._exception
 
     def set_running_or_notify_cancel(self):
         return _set_running(self)
@@ -565,6 +550,11 @@ cdef class WorkItem:
     def cancel(self):
         """Called for items removed from the queue unrun (shutdown(cancel_futures=True))."""
         return self.future.cancel()
+
+    def fail(self, error):
+        """Called for items removed from the queue unrun because the pool broke."""
+        if not self.future.done():
+            self.future.set_exception(error)
 
     cpdef run(self):
         future = self.future
@@ -637,9 +627,14 @@ cdef class _MapRunner:
 
     def cancel(self):
         """Removed from the queue unrun: the job cannot complete any more."""
+        self.fail(None)
+
+    def fail(self, error):
+        """Removed from the queue unrun because the pool broke: the consumer gets
+        `error` (None: CancelledError) where the missing results would be."""
         with cython.critical_section(self.job):
             self.job.runners -= 1
-        self.job.abort()
+        self.job.abort(error)
 
     def run(self):
         self.job._run()
@@ -668,7 +663,8 @@ cdef class _MapState:
     # Read by runners before every item without a lock: a real atomic, so that it is
     # not a data race on free-threaded builds.
     cdef atomic[bint] cancelled   # consumer gone: runners stop taking items
-    cdef bint aborted         # runners were removed unrun: raise CancelledError
+    cdef bint aborted         # runners were removed unrun: raise abort_error
+    cdef object abort_error   # what the consumer gets then (None: CancelledError)
     cdef Py_ssize_t buffersize, min_chunk, max_runners, runners
     cdef list pending         # inputs not yet taken; pending[head:] are live
     cdef Py_ssize_t head
@@ -810,11 +806,13 @@ cdef class _MapState:
             elif elapsed > 4 * CHUNK_TARGET and size > self.min_chunk:
                 size = max(size // 2, self.min_chunk)
 
-    def abort(self):
+    def abort(self, error=None):
         """The pool is cancelling its work: inputs not started yet never run, and the
-        consumer gets CancelledError where their results would be."""
+        consumer gets `error` (None: CancelledError) where their results would be."""
         with cython.critical_section(self):
             self.aborted = True
+            if self.abort_error is None:
+                self.abort_error = error
             self.cancelled.store(True)
         self.signal.notify()
 
@@ -869,6 +867,8 @@ cdef class _MapState:
             # stdlib's running futures complete); once none is left, it never comes.
             if aborted and idle:
                 self.close()
+                if self.abort_error is not None:
+                    raise self.abort_error
                 raise CancelledError()
             if self.deadline >= 0:
                 remaining = self.deadline - c_monotonic()

@@ -175,3 +175,23 @@ def test_map_after_shutdown_raises():
     executor.shutdown()
     with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
         executor.map(abs, [1, 2, 3])
+
+
+@pytest.mark.timeout(60)
+def test_map_fails_with_broken_pool_when_initializer_fails(caplog):
+    # The map's queued runners have no future: the broken pool must still fail them
+    # (once, this left the worker dying on AttributeError and the map hanging).
+    def bad_init():
+        time.sleep(0.1)  # the map's runners are queued by then
+        raise OSError("no database")
+
+    executor = fastpool.ThreadPoolExecutor(1, initializer=bad_init)
+    try:
+        first = executor.submit(abs, -1)
+        it = executor.map(abs, range(5))
+        with pytest.raises(fastpool.BrokenThreadPool):
+            list(it)
+        with pytest.raises(fastpool.BrokenThreadPool):
+            first.result(30)
+    finally:
+        executor.shutdown(wait=True)
