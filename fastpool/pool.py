@@ -5,9 +5,11 @@ executor included) with backpressure, retries, dead letters, cancellation tokens
 deadlines, a timed shutdown that hands back what it did not run, auto-scaling, rate
 limiting, task groups, a streaming map and live stats.
 
-How the bookkeeping stays exact: every task is a `_Task` (a core.WorkItem) with a
-`state`, and every change of state moves its counters in the same step under the
-pool's one lock. Futures are settled with their public methods outside that lock (they
+How the bookkeeping stays exact: every task is a `core.PoolTask` with a `state`, and
+every change of state moves its counters in one step (`core.Ledger.move`, atomic), the
+slow paths doing so under the pool's lock. The common task (no per-task options) is
+submitted, run and counted by the native core without that lock (see the Ledger in
+src/_core.pyx). Futures are settled with their public methods outside that lock (they
 run done-callbacks, i.e. user code); a task whose future another thread could also
 settle (a deadline) is first claimed under the lock (SETTLING, still counted where it
 was) and counted once settled. The queue is the only other owner of a task: whoever
@@ -40,7 +42,7 @@ from .deadletter import DeadLetter, DeadLetterQueue
 from .errors import DeadlineExceeded, QueueFull
 from .executor import BrokenThreadPool, ThreadPoolExecutor
 from .retry import Retry
-from .stats import _MASK, Stats, new_ring, percentiles
+from .stats import Stats, percentiles
 
 _T = TypeVar("_T")
 
@@ -53,7 +55,16 @@ LOGGER = logging.getLogger("fastpool")
 QueueClosed = core.QueueClosed
 
 # Task states (see the module docstring).
-QUEUED, RUNNING, RETRY, SETTLING, DONE, ABANDONED = range(6)
+QUEUED, RUNNING, RETRY, SETTLING, DONE, ABANDONED = (
+    core.TASK_QUEUED, core.TASK_RUNNING, core.TASK_RETRY, core.TASK_SETTLING, core.TASK_DONE,
+    core.TASK_ABANDONED)
+# Ledger counters a task moves between (OUTSIDE: not submitted).
+OUTSIDE, N_QUEUED, N_RUNNING = core.OUTSIDE, core.N_QUEUED, core.N_RUNNING
+N_RETRYING = core.N_RETRYING
+N_SUCCEEDED, N_FAILED, N_CANCELLED = core.N_SUCCEEDED, core.N_FAILED, core.N_CANCELLED
+N_NOT_STARTED, N_RETRIED = core.N_NOT_STARTED, core.N_RETRIED
+N_DEAD_LETTERED, N_REJECTED = core.N_DEAD_LETTERED, core.N_REJECTED
+clock = core.clock
 
 _PENDING = _base.PENDING
 _RUNNING = _base.RUNNING
@@ -61,8 +72,6 @@ _RUNNING = _base.RUNNING
 # A retry that finds the bounded queue full tries again this much later (the timer
 # thread never blocks: it also runs deadlines).
 _REQUEUE_DELAY = 0.005
-# One task in this many records its queue wait and run time (see Stats).
-_SAMPLE_MASK = 7
 # Idle workers look at the pool at least this often (idle retirement, resize down).
 _MAX_IDLE_POLL = 1.0
 
@@ -128,131 +137,17 @@ def _cancel_future(fut: Future) -> Callable[[CancelToken], object]:
     return lambda _token: fut.cancel()
 
 
-class _Task(core.WorkItem):
-    __slots__ = ("pool", "opts", "retry", "attempt", "state", "t_queued")
-    pool: Pool
-    opts: _Opts | None
-    retry: Retry | None
-    attempt: int
-    state: int
-    t_queued: float
+# A Pool task: core.PoolTask (fn, args, kwargs, future, pool, opts, retry, attempt,
+# state, t_queued). Without options its run() is native (PoolTask.run_plain); with
+# options or a rate limit it calls Pool._run_slow.
+_Task = core.PoolTask
 
-    def record(self) -> Task:
-        opts = self.opts
-        attempts = self.attempt if self.state == RUNNING else self.attempt - 1
-        return Task(self.fn, self.args, self.kwargs, None if opts is None else opts.key,
-                    self.future, attempts)
 
-    # The hot path. A task without options (`opts` None) has no deadline, so while it
-    # is RUNNING nobody but this worker changes it: its future is settled first and
-    # the counters follow in one locked step. Explicit acquire/release: a `with` block
-    # costs twice as much, and nothing between them can raise.
-    def run(self) -> None:
-        pool = self.pool
-        if self.opts is not None:
-            self._run_opts(pool)
-            return
-        fut = self.future
-        if pool._pacer is not None:
-            pool._pace(fut)
-        started = fut.set_running_or_notify_cancel()
-        lock = pool._lock
-        lock.acquire()
-        pool._queued -= 1
-        if not started or pool._collecting:
-            pool._not_run(self, started)  # releases the lock
-            return
-        self.state = RUNNING
-        pool._running_set.add(self)
-        lock.release()
-        t_queued = self.t_queued
-        if t_queued:  # a sampled task: record its latencies
-            t0 = monotonic()
-            i = pool._samples
-            pool._samples = i + 1
-            pool._wait_ring[i & _MASK] = t0 - t_queued
-        try:
-            if self.kwargs:
-                result = self.fn(*self.args, **self.kwargs)
-            else:
-                result = self.fn(*self.args)
-        except BaseException as exc:
-            if t_queued:
-                pool._run_ring[i & _MASK] = monotonic() - t0
-            pool._task_failed(self, exc)
-            return
-        if t_queued:
-            pool._run_ring[i & _MASK] = monotonic() - t0
-        try:
-            fut.set_result(result)
-        finally:
-            lock.acquire()
-            self.state = DONE
-            pool._succeeded += 1
-            pool._running_set.discard(self)
-            if pool._watch:
-                pool._check_idle()
-            lock.release()
-
-    def _run_opts(self, pool: Pool) -> None:
-        # Tokens, deadlines, contexts: a deadline may settle the task from the timer
-        # thread at any moment, so every step checks the state under the lock.
-        fut = self.future
-        opts = self.opts
-        assert opts is not None
-        token = opts.token
-        if token is not None and token.cancelled:
-            fut.cancel()
-        if pool._pacer is not None:
-            pool._pace(fut)
-        pool._lock.acquire()
-        if self.state != QUEUED:
-            pool._lock.release()
-            return  # settled while it waited (deadline)
-        pool._queued -= 1
-        if pool._collecting or not fut.set_running_or_notify_cancel():
-            pool._not_run(self, False)  # releases the lock
-            return
-        self.state = RUNNING
-        pool._running_set.add(self)
-        pool._lock.release()
-        t0 = monotonic()
-        t_queued = self.t_queued
-        if t_queued:
-            i = pool._samples
-            pool._samples = i + 1
-            pool._wait_ring[i & _MASK] = t0 - t_queued
-        gov = None
-        if token is not None or opts.deadline is not None:
-            if opts.cb_handle is not None:
-                token.remove_callback(opts.cb_handle)  # type: ignore[union-attr]
-                opts.cb_handle = None
-            gov = opts.gov
-            if gov is None:
-                gov = opts.gov = CancelToken._any(pool._token, token)
-            if opts.deadline is not None and opts.dl_entry is None:
-                opts.dl_entry = pool._timer.call_at(t0 + opts.deadline, pool._deadline_due,
-                                                    self)
-        prev = getattr(_local, "current", None)
-        if gov is not None:
-            _local.current = gov
-        try:
-            if opts.ctx is not None:
-                result = opts.ctx.run(self.fn, *self.args, **self.kwargs)
-            else:
-                result = self.fn(*self.args, **self.kwargs)
-        except BaseException as exc:
-            if gov is not None:
-                _local.current = prev
-            if t_queued:
-                pool._run_ring[i & _MASK] = monotonic() - t0
-            pool._task_failed(self, exc)
-            return
-        if gov is not None:
-            _local.current = prev
-        if t_queued:
-            pool._run_ring[i & _MASK] = monotonic() - t0
-        pool._task_succeeded(self, result)
+def _record(task: _Task) -> Task:
+    opts = task.opts
+    attempts = task.attempt if task.state == RUNNING else task.attempt - 1
+    return Task(task.fn, task.args, task.kwargs, None if opts is None else opts.key,
+                task.future, attempts)
 
 
 class _Pacer:
@@ -412,20 +307,14 @@ class Pool(ThreadPoolExecutor):
         self._lock = threading.Lock()
         self._shutdown_lock = self._lock  # the base class's name for it
         self._cond = threading.Condition(self._lock)
-        self._collecting = False
         self._close_when_idle = False
-        self._watch = 0  # >0: someone waits for the pool to become idle
-        self._running_set: set[_Task] = set()  # its len() is the `running` count
+        # The counters, the running tasks, the latency samples, and the flags the
+        # native fast path reads (closed, collecting, watch): see core.Ledger.
+        self._ledger = core.Ledger(self._work_queue, self._pacer is not None)
         self._late: list[_Task] = []  # handed back by workers/timer while collecting
         self._report: ShutdownReport | None = None
         self._shutdown_done: threading.Event | None = None
         self._signals: tuple[Any, dict[int, Any]] | None = None
-        self._submitted = self._queued = self._retrying = 0
-        self._succeeded = self._failed = self._cancelled = self._not_started = 0
-        self._retried = self._dead_lettered = self._rejected = 0
-        self._samples = 0
-        self._wait_ring = new_ring()
-        self._run_ring = new_ring()
 
     def _make_queue(self) -> Any:
         return core.WorkQueue(self._queue_size)
@@ -434,44 +323,21 @@ class Pool(ThreadPoolExecutor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule fn(*args, **kwargs); block while a bounded queue is full."""
+        # The hot path: counted and queued by the native core (None: the queue is full
+        # or closed, or the pool is; the slow path below waits or raises). With no
+        # worker yet, _put starts one first and handles its failures.
+        if self._threads and not self._copy_context:
+            fut = self._ledger.submit(self, fn, args, kwargs, self._retry)
+            if fut is not None:
+                q = self._work_queue
+                if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
+                    self._adjust_thread_count()
+                return fut  # type: ignore[no-any-return]
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        if self._copy_context:
-            task = self._task(fn, args, kwargs, None, self._retry)
-            self._put(task, None)
-            return task.future  # type: ignore[no-any-return]
-        # The hot path: _task() and the uncontended part of _put() inlined.
-        fut = Future()
-        task = _Task(fut, fn, args, kwargs)
-        task.pool = self
-        task.opts = None
-        task.retry = self._retry
-        task.attempt = 1
-        task.state = QUEUED
-        if not self._threads:
-            # No worker yet: _put starts one first and handles its failures.
-            self._put(task, None)
-            return fut
-        lock = self._lock
-        lock.acquire()
-        if self._shutdown or self._broken or _executor._shutdown:
-            lock.release()
-            self._raise_closed()
-        n = self._submitted = self._submitted + 1
-        self._queued += 1
-        lock.release()
-        task.t_queued = 0.0 if (n - 1) & _SAMPLE_MASK else monotonic()
-        q = self._work_queue
-        try:
-            queued = q.put_nowait(task)
-        except QueueClosed:
-            self._unput(task, False)
-            self._raise_closed()
-        if not queued:
-            self._put_full(task, None, True)
-        elif q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
-            self._adjust_thread_count()
-        return fut
+        task = self._task(fn, args, kwargs, None, self._retry)
+        self._put(task, None)
+        return task.future  # type: ignore[no-any-return]
 
     def try_submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future | None:
         """As submit(), but never block: None (counted in `rejected`) if the queue is full."""
@@ -521,13 +387,7 @@ class Pool(ThreadPoolExecutor):
             if opts is None:
                 opts = _Opts()
             opts.ctx = contextvars.copy_context()
-        task = _Task(Future(), fn, args, kwargs)
-        task.pool = self
-        task.opts = opts
-        task.retry = retry
-        task.attempt = 1
-        task.state = QUEUED
-        return task
+        return self._ledger.task(self, fn, args, kwargs, opts, retry)
 
     def _put(self, task: _Task, timeout: float | None, count_rejected: bool = True) -> bool:
         """Accept and queue a new task; False if the queue stayed full for `timeout` s."""
@@ -544,18 +404,18 @@ class Pool(ThreadPoolExecutor):
             if started and self._fail_on_broken_start(task):
                 return True
             self._raise_closed()
-        n = self._submitted = self._submitted + 1
-        self._queued += 1
+        ledger = self._ledger
+        ledger.move(OUTSIDE, N_QUEUED)
         lock.release()
         # One task in SAMPLE_EVERY has its latencies recorded (two clock reads each).
-        task.t_queued = 0.0 if (n - 1) & _SAMPLE_MASK else monotonic()
+        if ledger.sampled():
+            task.t_queued = clock()
         opts = task.opts
         if opts is not None and opts.token is not None:
             if opts.token.cancelled:
                 # Never runs: counted as submitted and cancelled, never queued.
                 with lock:
-                    self._queued -= 1
-                    self._cancelled += 1
+                    ledger.move(N_QUEUED, N_CANCELLED)
                     task.state = DONE
                 task.future.cancel()
                 return True
@@ -611,8 +471,7 @@ class Pool(ThreadPoolExecutor):
         with self._lock:
             if not self._broken or self._shutdown or _executor._shutdown:
                 return False
-            self._submitted += 1
-            self._failed += 1
+            self._ledger.move(OUTSIDE, N_FAILED)
             task.state = DONE
         task.future.set_exception(BrokenThreadPool(self._broken))
         return True
@@ -620,14 +479,10 @@ class Pool(ThreadPoolExecutor):
     def _unput(self, task: _Task, rejected: bool) -> None:
         opts = task.opts
         if opts is not None and opts.cb_handle is not None:
-            opts.token.remove_callback(opts.cb_handle)  # type: ignore[union-attr]
+            opts.token.remove_callback(opts.cb_handle)
         with self._lock:
             task.state = DONE
-            self._submitted -= 1
-            self._queued -= 1
-            if rejected:
-                self._rejected += 1
-            if self._watch:
+            if self._ledger.move(N_QUEUED, OUTSIDE, N_REJECTED if rejected else -1):
                 self._check_idle()
 
     def _raise_closed(self) -> None:
@@ -730,18 +585,89 @@ class Pool(ThreadPoolExecutor):
 
     # -- outcomes (called by _Task and the timer) ---------------------------------------
 
+    def _run_slow(self, task: _Task) -> None:
+        """PoolTask.run() of a task with options, or of any task when rate-limited."""
+        if task.opts is None:
+            if self._pacer is not None:
+                self._pace(task.future)
+            task.run_plain()
+        else:
+            self._run_opts(task)
+
+    def _run_opts(self, task: _Task) -> None:
+        # Tokens, deadlines, contexts: a deadline may settle the task from the timer
+        # thread at any moment, so every step checks the state under the lock.
+        fut = task.future
+        opts = task.opts
+        assert opts is not None
+        ledger = self._ledger
+        token = opts.token
+        if token is not None and token.cancelled:
+            fut.cancel()
+        if self._pacer is not None:
+            self._pace(fut)
+        self._lock.acquire()
+        if task.state != QUEUED:
+            self._lock.release()
+            return  # settled while it waited (deadline)
+        if ledger.collecting or not fut.set_running_or_notify_cancel():
+            self._not_run_locked(task, False)  # releases the lock
+            return
+        task.state = RUNNING
+        ledger.move(N_QUEUED, N_RUNNING, -1, task)
+        self._lock.release()
+        t_queued = task.t_queued
+        if t_queued:
+            t0 = clock()
+        gov = None
+        if token is not None or opts.deadline is not None:
+            if opts.cb_handle is not None:
+                token.remove_callback(opts.cb_handle)
+                opts.cb_handle = None
+            gov = opts.gov
+            if gov is None:
+                gov = opts.gov = CancelToken._any(self._token, token)
+            if opts.deadline is not None and opts.dl_entry is None:
+                opts.dl_entry = self._timer.call_at(monotonic() + opts.deadline,
+                                                    self._deadline_due, task)
+        prev = getattr(_local, "current", None)
+        if gov is not None:
+            _local.current = gov
+        try:
+            if opts.ctx is not None:
+                result = opts.ctx.run(task.fn, *task.args, **task.kwargs)
+            else:
+                result = task.fn(*task.args, **task.kwargs)
+        except BaseException as exc:
+            if gov is not None:
+                _local.current = prev
+            if t_queued:
+                ledger.sample(t0 - t_queued, clock() - t0)
+            self._task_failed(task, exc)
+            return
+        if gov is not None:
+            _local.current = prev
+        if t_queued:
+            ledger.sample(t0 - t_queued, clock() - t0)
+        self._task_succeeded(task, result)
+
     def _not_run(self, task: _Task, started: bool) -> None:
-        """Called with the lock held (and releases it): a task taken from the queue
-        does not run -- its caller cancelled it, or shutdown is handing work back."""
+        """A queued task a worker took does not run: its caller cancelled it, or
+        shutdown is handing work back (PoolTask.run_plain)."""
+        self._lock.acquire()
+        self._not_run_locked(task, started)
+
+    def _not_run_locked(self, task: _Task, started: bool) -> None:
+        """_not_run, called with the lock held (and releasing it)."""
         if started:
             _unstart(task.future)
-        if self._collecting:
-            abandoned = self._abandon(task)
+        if self._ledger.collecting:
+            abandoned = self._abandon(task, N_QUEUED)
         else:
             task.state = DONE
-            self._cancelled += 1
+            self._ledger.move(N_QUEUED, N_CANCELLED)
             abandoned = False
-        if self._watch:
+        if self._ledger.watch:
             self._check_idle()
         self._lock.release()
         self._drop(task, abandoned)
@@ -769,9 +695,7 @@ class Pool(ThreadPoolExecutor):
                 self._cleanup(task)
             with self._lock:
                 task.state = DONE
-                self._succeeded += 1
-                self._running_set.discard(task)
-                if self._watch:
+                if self._ledger.move(N_RUNNING, N_SUCCEEDED, -1, task):
                     self._check_idle()
 
     def _task_failed(self, task: _Task, exc: BaseException) -> None:
@@ -797,13 +721,11 @@ class Pool(ThreadPoolExecutor):
             with self._lock:
                 if task.state != RUNNING:
                     return
-                if not self._collecting:
+                if not self._ledger.collecting:
                     task.state = RETRY
                     _unstart(fut)
                     task.attempt += 1
-                    self._retrying += 1
-                    self._retried += 1
-                    self._running_set.discard(task)
+                    self._ledger.move(N_RUNNING, N_RETRYING, N_RETRIED, task)
                     self._timer.call_at(monotonic() + delay, self._retry_due, task)
                     return
         with self._lock:
@@ -829,23 +751,19 @@ class Pool(ThreadPoolExecutor):
         """Count a settled task: it leaves state `was` for failed or cancelled."""
         if task.opts is not None:
             self._cleanup(task)  # before it is counted (see _task_succeeded)
+        src = N_RUNNING if was == RUNNING else N_RETRYING if was == RETRY else N_QUEUED
         with self._lock:
             task.state = DONE
-            if was == RUNNING:
-                self._running_set.discard(task)
-            elif was == RETRY:
-                self._retrying -= 1
-            else:
-                self._queued -= 1
+            extra = -1
             if cancelled:
-                self._cancelled += 1
+                dst = N_CANCELLED
             else:
-                self._failed += 1
+                dst = N_FAILED
                 if task.retry is not None:
-                    self._dead_lettered += 1
+                    extra = N_DEAD_LETTERED
                     if not dead_lettered:
                         self._put_dead_letter(task, error)  # type: ignore[arg-type]
-            if self._watch:
+            if self._ledger.move(src, dst, extra, task):
                 self._check_idle()
 
     def _put_dead_letter(self, task: _Task, exc: BaseException) -> None:
@@ -867,26 +785,26 @@ class Pool(ThreadPoolExecutor):
     def _retry_due(self, task: _Task) -> None:
         """Timer thread: a retry's backoff is over; queue it again."""
         fut = task.future
+        ledger = self._ledger
         with self._lock:
             if task.state != RETRY:
                 return
-            self._retrying -= 1
             requeue = abandoned = False
             if fut.cancelled():
                 task.state = DONE  # its caller cancelled it while it waited
-                self._cancelled += 1
-            elif self._collecting:
-                abandoned = self._abandon(task)
+                ledger.move(N_RETRYING, N_CANCELLED)
+            elif ledger.collecting:
+                abandoned = self._abandon(task, N_RETRYING)
             else:
                 task.state = QUEUED
-                self._queued += 1
+                ledger.move(N_RETRYING, N_QUEUED)
                 requeue = True
-            if not requeue and self._watch:
+            if not requeue and ledger.watch:
                 self._check_idle()
         if not requeue:
             self._drop(task, abandoned)
             return
-        task.t_queued = monotonic()
+        task.t_queued = clock()
         q = self._work_queue
         try:
             ok = q.put_nowait(task)
@@ -900,15 +818,14 @@ class Pool(ThreadPoolExecutor):
         with self._lock:
             if task.state != QUEUED:
                 return
-            self._queued -= 1
             if ok is not None:  # full: try again shortly, without blocking the timer
                 task.state = RETRY
-                self._retrying += 1
+                ledger.move(N_QUEUED, N_RETRYING)
                 self._timer.call_at(monotonic() + _REQUEUE_DELAY, self._retry_due, task)
                 return
             # Closed (interpreter exit, broken pool): hand it back.
-            abandoned = self._abandon(task)
-            if self._watch:
+            abandoned = self._abandon(task, N_QUEUED)
+            if ledger.watch:
                 self._check_idle()
         self._drop(task, abandoned)
 
@@ -933,16 +850,17 @@ class Pool(ThreadPoolExecutor):
             if opts.gov is not None:
                 opts.gov.cancel("deadline exceeded")
 
-    def _abandon(self, task: _Task) -> bool:
+    def _abandon(self, task: _Task, src: int) -> bool:
         """Under the lock: shutdown hands back a task that has not started (True), or
-        counts it cancelled if its caller cancelled it meanwhile (False). The caller
-        cancels the future once the lock is released (see _drop)."""
+        counts it cancelled if its caller cancelled it meanwhile (False). `src`: the
+        counter it leaves (queued or retrying). The caller cancels the future once the
+        lock is released (see _drop)."""
         if task.future.cancelled():
             task.state = DONE
-            self._cancelled += 1
+            self._ledger.move(src, N_CANCELLED)
             return False
         task.state = ABANDONED
-        self._not_started += 1
+        self._ledger.move(src, N_NOT_STARTED)
         self._late.append(task)
         return True
 
@@ -954,41 +872,44 @@ class Pool(ThreadPoolExecutor):
 
     def _check_idle(self) -> None:
         # Under the lock, when someone watches: wake join()/shutdown() once idle.
-        if not (self._queued or self._running_set or self._retrying):
+        if self._ledger.idle():
             self._cond.notify_all()
             if self._close_when_idle:
                 self._work_queue.close()
 
-    def _take_unstarted(self, items: list[_Task]) -> list[_Task]:
+    def _check_idle_locked(self) -> None:
+        # The native fast path's way to _check_idle (it holds no lock).
+        with self._lock:
+            self._check_idle()
+
+    def _take_unstarted(self, items: list[_Task]) -> list[tuple[_Task, int]]:
         """Under the lock: of `items` (drained from the queue) and the retries waiting in
-        the timer, the tasks not started yet, taken out of the queued/retrying counts."""
+        the timer, the tasks not started yet, each with the counter it is in."""
         taken = []
         for task in items + self._timer.drain(self._retry_due):
             if task.state == QUEUED:
-                self._queued -= 1
+                taken.append((task, N_QUEUED))
             elif task.state == RETRY:
-                self._retrying -= 1
-            else:
-                continue
-            taken.append(task)
+                taken.append((task, N_RETRYING))
         return taken
 
     def _initializer_failed(self) -> None:
         with self._lock:
             self._broken = ("A thread initializer failed, the thread pool "
                             "is not usable anymore")
+            self._ledger.close()
             self._work_queue.close()
         items = self._work_queue.drain()
         failed = []
         with self._lock:
-            for task in self._take_unstarted(items):
+            for task, src in self._take_unstarted(items):
                 task.state = DONE
                 if task.future.cancelled():
-                    self._cancelled += 1
+                    self._ledger.move(src, N_CANCELLED)
                 else:
-                    self._failed += 1
+                    self._ledger.move(src, N_FAILED)
                     failed.append(task)
-            if self._watch:
+            if self._ledger.watch:
                 self._check_idle()
         for task in failed:
             try:
@@ -1003,14 +924,10 @@ class Pool(ThreadPoolExecutor):
     def stats(self) -> Stats:
         """A consistent snapshot of the counters, with latency percentiles."""
         q = self._work_queue
-        with self._lock:
-            counts = (self._submitted, self._queued, len(self._running_set), self._retrying,
-                      self._succeeded, self._failed, self._cancelled, self._not_started,
-                      self._retried, self._dead_lettered, self._rejected)
-            workers = len(self._threads)
-        wait = percentiles(list(self._wait_ring))
-        run = percentiles(list(self._run_ring))
-        return Stats(workers, q.idle_workers, *counts, *wait, *run)
+        counts = self._ledger.counts()
+        waits, runs = self._ledger.latencies()
+        return Stats(len(self._threads), q.idle_workers, *counts, *percentiles(waits),
+                     *percentiles(runs))
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued, running or waiting to retry; the pool stays open.
@@ -1023,10 +940,13 @@ class Pool(ThreadPoolExecutor):
 
     def _wait_idle(self, timeout: float | None, hurry: threading.Event | None = None) -> bool:
         end = None if timeout is None else monotonic() + timeout
+        ledger = self._ledger
         with self._lock:
-            self._watch += 1
+            # Watching first, then looking: a task that finishes after the look sees
+            # the watch and notifies (it takes this lock, held until we wait).
+            ledger.add_watch(1)
             try:
-                while self._queued or self._running_set or self._retrying:
+                while not ledger.idle():
                     if hurry is not None and hurry.is_set():
                         return False
                     step = 0.1
@@ -1037,7 +957,7 @@ class Pool(ThreadPoolExecutor):
                     self._cond.wait(step)
                 return True
             finally:
-                self._watch -= 1
+                ledger.add_watch(-1)
 
     # -- shutdown -----------------------------------------------------------------------
 
@@ -1059,6 +979,7 @@ class Pool(ThreadPoolExecutor):
         with self._lock:
             first = not self._shutdown
             self._shutdown = True
+            self._ledger.close()
             if first:
                 self._shutdown_done = threading.Event()
             done = self._shutdown_done
@@ -1088,11 +1009,11 @@ class Pool(ThreadPoolExecutor):
                 timed_out = True
                 not_started += self._collect()
         with self._lock:
-            if wait and not in_worker or not (self._queued or self._running_set or self._retrying):
+            if wait and not in_worker or self._ledger.idle():
                 self._work_queue.close()
             else:
                 self._close_when_idle = True  # workers finish the queue, then exit
-                self._watch += 1
+                self._ledger.add_watch(1)
             # The tasks that did not finish in time, before they are told to stop.
             report = self._snapshot(not_started, timed_out)
         if timed_out:
@@ -1102,9 +1023,10 @@ class Pool(ThreadPoolExecutor):
         return report
 
     def _snapshot(self, not_started: list[Task], timed_out: bool) -> ShutdownReport:
-        # Under the lock for an exact report (or not: a later shutdown() call).
-        return ShutdownReport(self._succeeded + self._failed + self._cancelled, not_started,
-                              [t.record() for t in list(self._running_set)], timed_out)
+        # Counts and running tasks of one instant: an exact report.
+        counts, running = self._ledger.snapshot()
+        completed = counts[N_SUCCEEDED] + counts[N_FAILED] + counts[N_CANCELLED]
+        return ShutdownReport(completed, not_started, [_record(t) for t in running], timed_out)
 
     def _join_workers(self) -> None:
         me = threading.current_thread()
@@ -1114,31 +1036,32 @@ class Pool(ThreadPoolExecutor):
 
     def _collect(self) -> list[Task]:
         """Hand back everything not started: queued, waiting to retry, in transit."""
+        ledger = self._ledger
         with self._lock:
-            self._collecting = True
+            ledger.start_collecting()
         self._stop.set()  # wakes workers waiting on the rate limiter
         q = self._work_queue
         q.close()
         items = q.drain()
         dropped = []
         with self._lock:
-            for task in self._take_unstarted(items):
-                self._abandon(task)
+            for task, src in self._take_unstarted(items):
+                self._abandon(task, src)
                 dropped.append(task)
             # Tasks in transit are still counted as queued or retrying: taken from the
             # queue by a worker that has not reached the lock yet, a retry the timer
             # thread is putting back, a deadline being settled. They resolve (into
             # _late, or an outcome) in a moment.
             waited = 0.0
-            while self._queued or self._retrying:
+            while ledger.in_transit():
                 self._cond.wait(0.005)
                 waited += 0.005
                 if waited > 10.0:
                     LOGGER.warning("fastpool: shutdown still waits for %d tasks in transit",
-                                   self._queued + self._retrying)
+                                   ledger.in_transit())
                     waited = 0.0
             late, self._late = self._late, []
-            if self._watch:
+            if ledger.watch:
                 self._check_idle()
         # Every task handed back is cancelled before shutdown returns (cancel() is
         # idempotent: a worker that handed one back cancels it too).
@@ -1147,7 +1070,7 @@ class Pool(ThreadPoolExecutor):
         for task in dropped:
             if task.opts is not None:
                 self._cleanup(task)
-        return [t.record() for t in late]
+        return [_record(t) for t in late]
 
     # -- signals ------------------------------------------------------------------------
 
@@ -1258,7 +1181,7 @@ class Pool(ThreadPoolExecutor):
         # Only the forking thread survives: the child's pool starts empty. Whatever the
         # parent had queued, running or waiting to retry is cancelled here (the parent
         # still owns it), so nothing in the child waits for it for ever.
-        tasks = list(self._running_set) + list(self._late)
+        tasks = list(self._ledger.running) + list(self._late)
         self._threads.clear()
         tasks += self._work_queue._after_fork_child()
         old, self._timer = self._timer, Timer(f"{self._name}-timer")
@@ -1267,6 +1190,8 @@ class Pool(ThreadPoolExecutor):
         shutdown = self._shutdown
         self._reset_state()
         self._shutdown = shutdown
+        if shutdown or self._broken:
+            self._ledger.close()
         # Locks another thread held at fork time would stay locked in the child.
         self._stop = _fresh_event(self._stop)
         self._hurry = _fresh_event(self._hurry)

@@ -47,8 +47,11 @@ rm -rf "$logs"
 mkdir -p "$logs"
 
 echo "== copy $root -> $tree"
-rsync -a --delete --exclude build --exclude '*.so' --exclude .git --exclude '*.egg-info' \
-  --exclude __pycache__ --exclude src/_core.cpp "$root/" "$tree/"
+# tar, not rsync: a fresh machine may not have rsync.
+rm -rf "$tree"
+mkdir -p "$tree"
+(cd "$root" && tar -cf - --exclude ./build --exclude '*.so' --exclude ./.git \
+  --exclude '*.egg-info' --exclude __pycache__ --exclude ./src/_core.cpp .) | tar -xf - -C "$tree"
 
 if [ ! -x "$venv/bin/python" ]; then
   echo "== venv $venv ($python)"

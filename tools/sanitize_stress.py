@@ -4,7 +4,9 @@ Exercises every native entry point from many threads at once: the executor (subm
 8 threads to 16 workers, random faults: raising tasks, BaseException, cancellation,
 raising callbacks, tasks submitting to their own pool, huge results), map, the bare
 WorkQueue (bounded put/get with timeouts, close racing producers, drain, dealloc with items
-inside), shutdown(cancel_futures=True) with work queued, and os.fork() while busy.
+inside), shutdown(cancel_futures=True) with work queued, the Pool's native bookkeeping
+(fast submits from 4 threads, retries, try_submit on a full queue, stats() readers, a timed
+shutdown in the middle), and os.fork() while busy.
 
 It checks its own results (every future in exactly one state, every queue item received
 exactly once) and prints the counts, so a sanitizer run also shows the workload was real.
@@ -108,6 +110,70 @@ def executor_stress(n_per_thread: int, seed: int) -> int:
     print(f"executor: {len(records)} tasks (+{len(children)} children), "
           f"states {dict(states)}", flush=True)
     return len(records) + len(children)
+
+
+def pool_stress(n_per_thread: int, seed: int) -> int:
+    """fastpool.Pool: the Ledger's fast path and the Python slow paths racing."""
+    pool = fastpool.Pool(4, queue_size=64,
+                         retry=fastpool.Retry(attempts=2, backoff=0.0005, retry_on=Boom))
+    futures: list[cf.Future] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    bad: list[object] = []
+
+    def task(i: int, r: float) -> int:
+        if r < 0.1:
+            raise Boom(i)
+        if r < 0.12:
+            raise KeyError(i)
+        return i
+
+    def producer(p: int) -> None:
+        rng = random.Random(seed + p)
+        for i in range(n_per_thread):
+            try:
+                if rng.random() < 0.2:
+                    fut = pool.try_submit(task, i, rng.random())
+                    if fut is None:
+                        continue
+                else:
+                    fut = pool.submit(task, i, rng.random())
+            except RuntimeError:
+                return  # shut down under us
+            with lock:
+                futures.append(fut)
+
+    def reader() -> None:
+        while not stop.is_set():
+            s = pool.stats()
+            if s.submitted != (s.succeeded + s.failed + s.cancelled + s.not_started
+                               + s.queued + s.running + s.retrying):
+                bad.append(s)
+            time.sleep(0.001)
+
+    threads = [threading.Thread(target=producer, args=(p,)) for p in range(4)]
+    threads.append(threading.Thread(target=reader))
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    report = pool.shutdown(timeout=0.05)
+    for t in threads[:-1]:
+        t.join()
+    stop.set()
+    threads[-1].join()
+    assert not bad, bad[:3]
+    for fut in futures:
+        try:
+            fut.result(60)
+        except (Boom, KeyError, cf.CancelledError):
+            pass
+    s = pool.stats()
+    assert s.submitted == len(futures) == s.succeeded + s.failed + s.cancelled + s.not_started
+    assert len(report.not_started) == s.not_started
+    print(f"pool: {len(futures)} tasks, {s.succeeded} ok, {s.failed} failed, "
+          f"{s.retried} retried, {s.not_started} handed back, {s.rejected} rejected",
+          flush=True)
+    return len(futures)
 
 
 def shutdown_cancel_stress(rounds: int) -> int:
@@ -226,6 +292,7 @@ def main() -> int:
     print(f"fastpool native={fastpool.NATIVE} core={core.__file__} seed={seed}", flush=True)
     t0 = time.monotonic()
     tasks = executor_stress(int(2000 * args.scale), seed)
+    tasks += pool_stress(int(2000 * args.scale), seed)
     tasks += shutdown_cancel_stress(max(1, int(10 * args.scale)))
     items = queue_stress(int(5000 * args.scale))
     forks = 0 if args.no_fork else fork_stress(max(1, int(10 * args.scale)))
