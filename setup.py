@@ -51,16 +51,29 @@ def extensions():
         print("*** fastpool: pure-Python build (FASTPOOL_NO_EXTENSIONS) ***")
         return []
     compile_args, link_args, macros = [], [], []
+    debug = _flag("FASTPOOL_DEBUG")
+    sanitize = os.environ.get("FASTPOOL_SANITIZE", "")
+    if sanitize not in ("", "thread", "address"):
+        raise SystemExit(f"FASTPOOL_SANITIZE must be 'thread' or 'address', got {sanitize!r}")
+    if debug:
+        macros += [("FASTPOOL_DEBUG", "1"), ("CYTHON_TRACE_NOGIL", "1")]
     if sys.platform == "win32":
-        compile_args += ["/std:c++17", "/O2"]
+        compile_args += ["/std:c++17"]
+        compile_args += ["/Od", "/Zi", "/UNDEBUG"] if debug else ["/O2"]
+        if sanitize == "thread":
+            raise SystemExit("FASTPOOL_SANITIZE=thread: MSVC has no ThreadSanitizer")
+        if sanitize:
+            compile_args += ["/fsanitize=address", "/Zi"]
     else:
         compile_args += ["-std=c++17", "-Wall", "-Wno-unused-function"]
-        if _flag("FASTPOOL_DEBUG"):
+        if debug:
             compile_args += ["-O0", "-g", "-UNDEBUG"]
-            macros += [("FASTPOOL_DEBUG", "1"), ("CYTHON_TRACE_NOGIL", "1")]
+        elif not sanitize:
+            # -g0 last: the interpreter's own CFLAGS (pyenv, some distros) carry -g, which
+            # would put ~1 MB of debug info into every wheel.
+            compile_args += ["-O2", "-g0"]
         else:
             compile_args += ["-O2"]
-        sanitize = os.environ.get("FASTPOOL_SANITIZE", "")
         if sanitize:
             kinds = {"thread": "thread", "address": "address,undefined"}[sanitize]
             compile_args += [f"-fsanitize={kinds}", "-fno-omit-frame-pointer", "-g"]
