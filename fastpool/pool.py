@@ -143,9 +143,11 @@ def _cancel_future(fut: Future) -> Callable[[CancelToken], object]:
 _Task = core.PoolTask
 
 
-def _record(task: _Task) -> Task:
+def _record(task: _Task, running: bool) -> Task:
+    # `running`: said by the caller, not read from task.state, which the task's worker
+    # may be changing right now (a data race without the GIL).
     opts = task.opts
-    attempts = task.attempt if task.state == RUNNING else task.attempt - 1
+    attempts = task.attempt if running else task.attempt - 1
     return Task(task.fn, task.args, task.kwargs, None if opts is None else opts.key,
                 task.future, attempts)
 
@@ -1026,7 +1028,8 @@ class Pool(ThreadPoolExecutor):
         # Counts and running tasks of one instant: an exact report.
         counts, running = self._ledger.snapshot()
         completed = counts[N_SUCCEEDED] + counts[N_FAILED] + counts[N_CANCELLED]
-        return ShutdownReport(completed, not_started, [_record(t) for t in running], timed_out)
+        return ShutdownReport(completed, not_started, [_record(t, True) for t in running],
+                              timed_out)
 
     def _join_workers(self) -> None:
         me = threading.current_thread()
@@ -1070,7 +1073,7 @@ class Pool(ThreadPoolExecutor):
         for task in dropped:
             if task.opts is not None:
                 self._cleanup(task)
-        return [_record(t) for t in late]
+        return [_record(t, False) for t in late]
 
     # -- signals ------------------------------------------------------------------------
 
