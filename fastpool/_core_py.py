@@ -53,6 +53,7 @@ class WorkQueue:
         self._not_full = threading.Condition(self._lock)
         self._closed = False
         self._idle = 0
+        self._retire = 0
 
     @property
     def maxsize(self) -> int:
@@ -66,6 +67,26 @@ class WorkQueue:
     def idle_workers(self) -> int:
         """Workers currently waiting for work in run_worker()."""
         return self._idle
+
+    def request_retire(self, n: int) -> None:
+        """Ask n workers to leave run_worker() after their current item (replaces any
+        earlier request; 0 cancels it)."""
+        with self._lock:
+            self._retire = max(0, int(n))
+
+    @property
+    def retire_requested(self) -> int:
+        return self._retire
+
+    def claim_retire(self) -> bool:
+        """Take one retire request if there is one (True)."""
+        if not self._retire:
+            return False
+        with self._lock:
+            if self._retire:
+                self._retire -= 1
+                return True
+        return False
 
     def qsize(self) -> int:
         return len(self._items)
@@ -159,6 +180,7 @@ class WorkQueue:
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
         self._idle = 0
+        self._retire = 0
         return items
 
     # Idle accounting for run_worker, under the lock: += is not atomic without the GIL.
@@ -422,7 +444,7 @@ def run_worker(queue: WorkQueue, idle_timeout: float | None = None,
 
     After idle_timeout seconds without work, call on_idle(): the worker exits if it
     returns true (or if on_idle is None). Return True when the queue closed, False
-    when the worker retired for idleness.
+    when the worker retired (for idleness, or claiming a retire request).
     """
     t = _seconds(idle_timeout)
     if t == 0.0:
@@ -441,6 +463,8 @@ def run_worker(queue: WorkQueue, idle_timeout: float | None = None,
             _run_one(item)
             del item
             queue._add_idle(1)
+            if queue.claim_retire():
+                return False
     finally:
         queue._add_idle(-1)
 

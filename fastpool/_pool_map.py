@@ -190,7 +190,7 @@ def _unordered(pool: Pool, first: list[tuple[Any, int]], work: Iterator[Any], su
             try:
                 fut = done.get(timeout=None if end is None else max(0.0, end - monotonic()))
             except queue.Empty:
-                raise TimeoutError() from None
+                raise cf.TimeoutError() from None  # as the stdlib (3.10: not the builtin)
             n = pending.pop(fut)
             nxt = next(work, None)
             if nxt is not None:

@@ -536,15 +536,22 @@ class Pool(ThreadPoolExecutor):
             n = len(self._threads)
             if self._work_queue.qsize():
                 return False
-            if n > self._max_workers or (
-                    self._idle_timeout is not None and n > self._min_workers
+            if n > self._max_workers:
+                self._work_queue.claim_retire()  # one surplus worker fewer to ask
+                self._threads.discard(me)
+                return True
+            if (self._idle_timeout is not None and n > self._min_workers
                     and now - clock.since >= self._idle_timeout):
                 self._threads.discard(me)
                 return True
         return False
 
     def _rejoin(self, me: threading.Thread) -> bool:
+        """A worker left run_worker(): idle (_retire took it out of _threads already) or
+        claiming a retire request (resize). True: work is waiting and the pool is below
+        its size, so it stays."""
         with self._lock:
+            self._threads.discard(me)
             if (self._work_queue.qsize() and not self._broken
                     and len(self._threads) < self._max_workers):
                 self._threads.add(me)
@@ -552,7 +559,8 @@ class Pool(ThreadPoolExecutor):
         return False
 
     def resize(self, workers: int) -> None:
-        """Change the maximum number of workers; surplus workers exit once idle."""
+        """Change the maximum number of workers. Surplus workers exit when idle, or after
+        the task they are running if the pool is busy; new ones start as work needs them."""
         if isinstance(workers, bool) or not isinstance(workers, int):
             raise TypeError(f"`workers` must be an int, got {workers!r}")
         if workers < 1:
@@ -563,6 +571,9 @@ class Pool(ThreadPoolExecutor):
             self._max_workers = workers
             if self._min_workers > workers:
                 self._min_workers = workers
+            # A saturated pool never goes idle: ask the surplus to leave after their
+            # current task (idle ones leave through _retire, each taking one request).
+            self._work_queue.request_retire(len(self._threads) - workers)
             missing = min(workers - len(self._threads), self._work_queue.qsize())
         for _ in range(max(0, missing)):
             self._adjust_thread_count()

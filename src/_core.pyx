@@ -134,6 +134,20 @@ cdef class WorkQueue:
         """Workers currently waiting for work in run_worker()."""
         return self.q.idle()
 
+    def request_retire(self, Py_ssize_t n):
+        """Ask n workers to leave run_worker() after their current item (replaces any
+        earlier request; 0 cancels it)."""
+        self.q.request_retire(n)
+
+    @property
+    def retire_requested(self):
+        """Retire requests not claimed by a worker yet."""
+        return self.q.retire_requested()
+
+    def claim_retire(self):
+        """Take one retire request if there is one (True)."""
+        return self.q.claim_retire()
+
     def qsize(self):
         return self.q.size()
 
@@ -947,7 +961,7 @@ def run_worker(WorkQueue queue, idle_timeout=None, on_idle=None):
 
     After idle_timeout seconds without work, call on_idle(): the worker exits if it
     returns true (or if on_idle is None). Return True when the queue closed, False
-    when the worker retired for idleness.
+    when the worker retired (for idleness, or claiming a retire request).
     """
     cdef Queue *q = queue.q
     cdef void *p = NULL
@@ -964,9 +978,13 @@ def run_worker(WorkQueue queue, idle_timeout=None, on_idle=None):
                 # worker=True: leaves the idle count as it takes the item (fp_queue.h).
                 st = q.pop(&p, t, SPIN_NS, True)
             if st == OK:
-                # Run this item and, without giving up the GIL, whatever else is queued.
+                # Run this item and, without giving up the GIL, whatever else is queued
+                # (unless asked to retire: see request_retire).
                 while st == OK:
                     _run_one(_steal(p))
+                    if q.retire_requested() and q.claim_retire():
+                        q.add_idle(1)
+                        return False
                     st = q.try_pop(&p)
                 # Idle again before the GIL is released: a thread woken by the result
                 # just delivered sees this worker as available.

@@ -246,6 +246,20 @@ class Queue {
   int idle() const { return idle_.load(std::memory_order_seq_cst); }
   void add_idle(int n) { idle_.fetch_add(n, std::memory_order_relaxed); }
 
+  /* Retire requests: asks `n` busy workers to exit after the item they are running
+   * (a pool shrunk while saturated never goes idle, so it could not shrink otherwise).
+   * Replaces any earlier request. A worker checks with claim_retire() after each item:
+   * one relaxed load when there is no request. */
+  void request_retire(long n) { retire_.store(n > 0 ? n : 0, std::memory_order_relaxed); }
+  long retire_requested() const { return retire_.load(std::memory_order_relaxed); }
+  bool claim_retire() {
+    long n = retire_.load(std::memory_order_relaxed);
+    while (n > 0) {
+      if (retire_.compare_exchange_weak(n, n - 1, std::memory_order_relaxed)) return true;
+    }
+    return false;
+  }
+
   /* Non-blocking. OK, FULL or CLOSED. */
   int try_push(void *p) {
     inflight_.fetch_add(1, std::memory_order_seq_cst);
@@ -387,6 +401,7 @@ class Queue {
     producers_waiting_.store(0);
     spinning_.store(0);
     idle_.store(0);
+    retire_.store(0);
     sync_ = new Sync();
   }
 
@@ -515,6 +530,7 @@ class Queue {
   std::atomic<int> producers_waiting_{0};
   std::atomic<int> spinning_{0};
   std::atomic<int> idle_{0};
+  std::atomic<long> retire_{0};
 };
 
 /* ---------------------------------------------------------------------- Signal

@@ -76,6 +76,42 @@ def test_resize(make_pool, gate):
         pool.resize("3")
 
 
+def test_resize_down_while_saturated(make_pool):
+    """A busy pool never goes idle: surplus workers leave after their current task."""
+    pool = make_pool(4, idle_timeout=None)
+    lock = threading.Lock()
+    active: set[int] = set()
+    peak_after: list[int] = []
+    shrunk = threading.Event()
+
+    def task(i: int) -> int:
+        me = threading.get_ident()
+        with lock:
+            active.add(me)
+            if shrunk.is_set():
+                peak_after.append(len(active))
+        time.sleep(0.002)
+        with lock:
+            active.discard(me)
+        return i
+
+    futs = [pool.submit(task, i) for i in range(400)]
+    wait_until(lambda: pool.stats().workers == 4, what="4 workers")
+    pool.resize(1)
+    wait_until(lambda: pool.stats().workers == 1, what="3 busy workers to retire")
+    assert pool.stats().queued > 0  # it shrank while work was still waiting
+    shrunk.set()
+    assert [f.result(PROMPT) for f in futs] == list(range(400))
+    # Once the surplus had left, one task ran at a time (the last of the retiring
+    # workers' tasks may still have been finishing as the first checks ran).
+    assert peak_after and max(peak_after[10:] or [1]) == 1
+    assert pool._work_queue.retire_requested == 0
+    pool.resize(3)  # growing back cancels nothing it should not, and starts workers
+    futs = [pool.submit(task, i) for i in range(60)]
+    wait_until(lambda: pool.stats().workers == 3, what="3 workers again")
+    assert [f.result(PROMPT) for f in futs] == list(range(60))
+
+
 # -- rate limit ----------------------------------------------------------------------------
 
 def test_rate_limit(make_pool):
@@ -216,10 +252,12 @@ def test_map_exceptions(make_pool):
         next(it)
 
 
-def test_map_timeout(make_pool, gate):
+@pytest.mark.parametrize("ordered", [True, False])
+def test_map_timeout(make_pool, gate, ordered):
+    # concurrent.futures.TimeoutError, as the stdlib's map (the builtin only from 3.11).
     pool = make_pool(1)
-    it = pool.map(gate, range(3), timeout=0.1)
-    with pytest.raises(TimeoutError):
+    it = pool.map(gate, range(3), timeout=0.1, ordered=ordered)
+    with pytest.raises(cf.TimeoutError):
         next(it)
     gate.open()
 

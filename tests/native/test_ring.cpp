@@ -696,6 +696,33 @@ struct Test {
   void (*fn)();
 };
 
+/* Retire requests: exactly n claims succeed however many threads race for them, and a
+ * new request replaces the old one. */
+static void test_retire_claims() {
+  current_test = "retire_claims";
+  Queue q(0, 8);
+  CHECK(!q.claim_retire() && q.retire_requested() == 0);
+  q.request_retire(-3); /* clamps to 0 */
+  CHECK(q.retire_requested() == 0 && !q.claim_retire());
+  q.request_retire(2);
+  q.request_retire(5); /* replaces */
+  CHECK(q.retire_requested() == 5);
+  for (int round = 0; round < (int)scaled(200); round++) {
+    const long want = 1 + round % 7;
+    q.request_retire(want);
+    std::atomic<long> claimed{0};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 4; t++)
+      ts.emplace_back([&] {
+        for (int i = 0; i < 10; i++)
+          if (q.claim_retire()) claimed.fetch_add(1);
+      });
+    for (auto &t : ts) t.join();
+    CHECK(claimed.load() == want);
+    CHECK(q.retire_requested() == 0);
+  }
+}
+
 int main(int argc, char **argv) {
   const char *s = std::getenv("FP_TEST_SCALE");
   if (s && *s) scale = std::atof(s);
@@ -715,6 +742,7 @@ int main(int argc, char **argv) {
       {"fanout", test_fanout},
       {"signal", test_signal},
       {"fork", test_fork},
+      {"retire_claims", test_retire_claims},
   };
   int ran = 0;
   for (const Test &t : tests) {
