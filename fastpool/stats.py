@@ -8,10 +8,9 @@ from typing import Any
 
 __all__ = ["Stats"]
 
-# Latency samples kept per pool: the last WINDOW tasks. A fixed ring costs one store per
-# task and no allocation; percentiles are computed only when stats() is called.
-WINDOW = 4096
-_MASK = WINDOW - 1
+# Latency samples (one task in core.SAMPLE_EVERY, the last core.SAMPLE_WINDOW of them)
+# live in the pool's core.Ledger: a fixed ring, no allocation per task; percentiles are
+# computed only when stats() is called.
 
 
 @dataclass(frozen=True)
@@ -86,6 +85,3 @@ def percentiles(samples: list[float], qs: tuple[float, ...] = (0.5, 0.9, 0.99)
     n = len(data)
     return tuple(data[min(n - 1, max(0, math.ceil(q * n) - 1))] for q in qs)
 
-
-def new_ring() -> list[float]:
-    return [math.nan] * WINDOW
