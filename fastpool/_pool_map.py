@@ -91,7 +91,7 @@ def _progress(pool: Pool, progress: Any, iterables: tuple[Iterable[Any], ...]) -
             total = min(len(it) for it in iterables)  # type: ignore[arg-type]
         except TypeError:
             total = None
-        return _BarProgress(tqdm(total=total, desc=pool._name))
+        return _BarProgress(tqdm(total=total, desc=pool.name))
     if callable(progress):
         return _StatsProgress(pool, progress)
     raise TypeError(f"`progress` must be a bool or a callable receiving Stats, got {progress!r}")

@@ -82,6 +82,13 @@ _positive_float = _number(float, 0, strict=True)
 _non_negative_float = _number(float, 0, strict=False)
 
 
+def _port(text: str) -> int:
+    port = int(_non_negative_int(text))
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"must be <= 65535, got {text}")
+    return port
+
+
 def _version() -> str:
     core = "native core" if fastpool.NATIVE else "pure-Python core"
     impl = sys.implementation.name
@@ -127,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--grace", type=_non_negative_float, default=30.0, metavar="S",
                      help="seconds running records get to finish after an interruption "
                           "(default 30)")
+    run.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
+                     help="serve Prometheus metrics of the pool on http://HOST:PORT/metrics "
+                          "while running (0: a free port, printed on stderr); needs "
+                          "pip install 'fastpool[metrics]'")
     run.set_defaults(handler=_cmd_run, subparser=run)
 
     bench = sub.add_parser(
@@ -685,6 +696,47 @@ class _Runner:
         print(f"fastpool run: {', '.join(parts)} in {took:.2f} s", file=sys.stderr)
 
 
+class _MetricsServer:
+    """--metrics-port: the run's pool exported on http://HOST:PORT/metrics until the end.
+
+    A registry of its own (the pool's metrics only), served by a ThreadingHTTPServer of
+    ours rather than prometheus_client.start_http_server, so that it can be stopped
+    whatever prometheus_client's version: the port is freed when the run ends."""
+
+    def __init__(self, port: int) -> None:
+        try:
+            from fastpool.metrics import PoolCollector
+            from prometheus_client import CollectorRegistry
+            from prometheus_client.exposition import MetricsHandler
+        except ImportError as exc:  # names the extra to install
+            raise _UsageError(f"--metrics-port: {exc}") from None
+        from http.server import ThreadingHTTPServer
+
+        self._collector = PoolCollector()
+        registry = CollectorRegistry()
+        registry.register(self._collector)
+        try:
+            # All interfaces, as Prometheus exporters (and start_http_server) do.
+            self._server = ThreadingHTTPServer(("", port), MetricsHandler.factory(registry))
+        except OSError as exc:
+            raise _UsageError(f"cannot serve metrics on port {port}: "
+                              f"{exc.strerror or exc}") from None
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                         name="fastpool-run-metrics", daemon=True)
+        self._thread.start()
+        print(f"fastpool run: metrics on http://localhost:{self._server.server_port}/metrics",
+              file=sys.stderr, flush=True)
+
+    def add(self, pool: fastpool.Pool) -> None:
+        self._collector.add(pool)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
 def _wait_briefly(fut: Future[Any], timeout: float) -> None:
     """Wait for `fut` at most `timeout` s (short, so the main thread sees signals)."""
     try:
@@ -694,8 +746,12 @@ def _wait_briefly(fut: Future[Any], timeout: float) -> None:
 
 
 def _cmd_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    metrics = None
     try:
         func = load_function(args.target)
+        # Before the files are opened: a usage error then leaves nothing open.
+        if args.metrics_port is not None:
+            metrics = _MetricsServer(args.metrics_port)
         if args.input == "-":
             in_f = sys.stdin.buffer
         else:
@@ -711,11 +767,17 @@ def _cmd_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 # mode are written back as they came.
                 out = open(args.output, "w", encoding="utf-8", errors="surrogateescape")
             except OSError as exc:
+                if in_f is not sys.stdin.buffer:
+                    in_f.close()
                 raise _UsageError(
                     f"cannot open OUT: {exc.strerror}: {args.output!r}") from None
     except _UsageError as exc:
+        if metrics is not None:
+            metrics.close()
         args.subparser.error(str(exc))
     runner = _Runner(args, func)
+    if metrics is not None:
+        metrics.add(runner.engine.pool)
     old = {}
     if threading.current_thread() is threading.main_thread():  # main() may run elsewhere
         for signame in ("SIGINT", "SIGTERM"):
@@ -731,3 +793,5 @@ def _cmd_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             out.close()
         if in_f is not sys.stdin.buffer:
             in_f.close()
+        if metrics is not None:
+            metrics.close()

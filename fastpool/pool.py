@@ -579,6 +579,11 @@ class Pool(ThreadPoolExecutor):
             self._adjust_thread_count()
 
     @property
+    def name(self) -> str:
+        """The pool's name: its worker threads' prefix, its label in metrics."""
+        return self._name
+
+    @property
     def workers(self) -> int:
         """The maximum number of worker threads."""
         return self._max_workers

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -246,6 +250,8 @@ def test_run_bad_target_exits_2(workdir: Path, target: str, message: str) -> Non
     (["--retries", "-1"], "argument --retries: must be >= 0, got -1"),
     (["--rate", "fast"], "argument --rate: expected a number, got 'fast'"),
     (["--format", "xml"], "argument --format: invalid choice: 'xml'"),
+    (["--metrics-port", "65536"], "argument --metrics-port: must be <= 65535, got 65536"),
+    (["--metrics-port", "-1"], "argument --metrics-port: must be >= 0, got -1"),
 ])
 def test_run_bad_options_exit_2(workdir: Path, args: list[str], message: str) -> None:
     (workdir / "in.jsonl").write_text("1\n")
@@ -301,3 +307,101 @@ def test_interrupted_run_accounts_for_every_record(workdir: Path, signum: int) -
     assert proc2.returncode == 0, proc2.stderr
     done = [json.loads(x)["i"] for x in out] + [r["i"] for r in _read_jsonl(workdir / "rest.jsonl")]
     assert done == list(range(n))
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """The samples of the run's pool: {"fastpool_tasks_succeeded_total": 3.0, ...}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    return {s.name: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.labels.get("pool") == "fastpool-run"}
+
+
+def test_run_serves_metrics_while_running(workdir: Path) -> None:
+    cmd = [sys.executable, "-I", "-m", "fastpool", "run", "usermod:double", "-",
+           "-o", "out.jsonl", "--workers", "2", "--retries", "1", "--backoff", "0",
+           "--metrics-port", "0"]
+    proc = subprocess.Popen(cmd, cwd=workdir, env=_env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdin is not None and proc.stderr is not None
+        first = proc.stderr.readline()  # printed before any record is read
+        match = re.search(r"metrics on (http://\S+)", first)
+        assert match, first + proc.communicate(timeout=30)[1]
+        url = match.group(1)
+        records = [{"i": 0}, {"i": 1}, {"i": 2, "fail": True}, {"i": 3}]
+        proc.stdin.write("".join(json.dumps(r) + "\n" for r in records))
+        proc.stdin.flush()
+        # The input is still open: these are the live counters of the running pool.
+        deadline = time.monotonic() + 30
+        while (samples := _scrape(url)).get("fastpool_tasks_submitted_total") != 4:
+            assert time.monotonic() < deadline, samples
+            time.sleep(0.02)
+        while (samples["fastpool_tasks_running"] or samples["fastpool_tasks_queued"]
+               or samples["fastpool_tasks_retrying"]):
+            assert time.monotonic() < deadline, samples
+            time.sleep(0.02)
+            samples = _scrape(url)
+        assert samples["fastpool_tasks_succeeded_total"] == 3
+        assert samples["fastpool_tasks_failed_total"] == 1
+        assert samples["fastpool_tasks_retried_total"] == 1
+        assert samples["fastpool_tasks_dead_lettered_total"] == 1
+        assert samples["fastpool_workers"] == 2
+        _, stderr = proc.communicate(timeout=30)  # closes the input: the run ends
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, stderr  # one record dead-lettered
+    assert [r["i"] for r in _read_jsonl(workdir / "out.jsonl")] == [0, 1, 3]
+    with pytest.raises(urllib.error.URLError):  # the server stopped with the run
+        urllib.request.urlopen(url, timeout=10)
+
+
+def test_run_metrics_port_in_use_exits_2(workdir: Path) -> None:
+    (workdir / "in.jsonl").write_text("1\n")
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = fastpool_cli("run", "usermod:double", "in.jsonl", "--metrics-port", str(port),
+                            cwd=workdir)
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot serve metrics on port {port}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_metrics_port_without_the_extra_exits_2(workdir: Path, monkeypatch, capsys) -> None:
+    (workdir / "in.jsonl").write_text("1\n")
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "fastpool.metrics", raising=False)
+    from fastpool import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", str(workdir / "usermod.py") + ":double", str(workdir / "in.jsonl"),
+                  "-o", str(workdir / "out.jsonl"), "--metrics-port", "0"])
+    assert exit_info.value.code == 2
+    assert "pip install 'fastpool[metrics]'" in capsys.readouterr().err
+    assert not (workdir / "out.jsonl").exists()  # nothing was opened
+
+
+def test_run_unopenable_out_exits_2_and_closes_input(workdir: Path, capsys) -> None:
+    # In-process, so that an INPUT left open shows as a ResourceWarning when collected.
+    import gc
+    import warnings
+
+    from fastpool import cli
+
+    (workdir / "in.jsonl").write_text("1\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["run", str(workdir / "usermod.py") + ":double",
+                      str(workdir / "in.jsonl"), "-o", str(workdir / "no-such-dir" / "o.jsonl")])
+        assert exit_info.value.code == 2
+        del exit_info  # its traceback holds the frame that held INPUT
+        gc.collect()
+    assert "cannot open OUT" in capsys.readouterr().err
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

@@ -30,6 +30,8 @@ import asyncio
 from concurrent.futures import Future, as_completed
 
 from fastpool import CancelToken, Pool, Retry, ShutdownReport, Stats, ThreadPoolExecutor
+from fastpool.metrics import PoolCollector, register, unregister
+from prometheus_client import CollectorRegistry
 
 
 def double(x: int) -> int:
@@ -49,6 +51,13 @@ with Pool(2, queue_size=8, retry=Retry(attempts=2)) as pool:
     pool.schedule(double, (2,), token=token, key="k").result()
     stats: Stats = pool.stats()
     print(stats.submitted, len(pool.dead_letters))
+
+registry = CollectorRegistry()
+with Pool(1, name="typed") as mpool:
+    collector: PoolCollector = register(mpool, registry)
+    pools: dict[str, Pool] = collector.pools
+    value: float | None = registry.get_sample_value("fastpool_workers", {"pool": "typed"})
+    unregister(mpool, registry)
 
 report: ShutdownReport = Pool(1).shutdown(timeout=1.0)
 print(report.completed, [t.key for t in report.not_started])
