@@ -485,9 +485,9 @@ clock = time.monotonic
 class Ledger:
     """A Pool's counters, its running tasks and its latency samples."""
 
-    def __init__(self, queue: WorkQueue, paced: bool = False) -> None:
+    def __init__(self, queue: WorkQueue, slow: bool = False) -> None:
         self.queue = queue
-        self.paced = bool(paced)
+        self.slow = bool(slow)  # every task starts through pool._run_slow
         self.running: set[Any] = set()
         self._lock = threading.Lock()
         self._c = [0] * _NCOUNT
@@ -632,7 +632,7 @@ class PoolTask(WorkItem):
         raise TypeError("PoolTask objects are made by Ledger.task()")
 
     def run(self) -> None:
-        if self.opts is not None or self.ledger.paced:
+        if self.opts is not None or self.ledger.slow:
             self.pool._run_slow(self)
         else:
             self.run_plain()

@@ -36,6 +36,7 @@ from typing import (Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator,
 
 from . import executor as _executor
 from ._compat import core
+from ._dask import DaskBackend  # imports no dask: see fastpool/_dask.py
 from ._timer import Timer
 from .cancel import CancelToken, _local, _timeout_seconds
 from .deadletter import DeadLetter, DeadLetterQueue
@@ -249,7 +250,10 @@ class Pool(ThreadPoolExecutor):
         copy_context: run each task in a copy of the submitter's contextvars context.
         name: prefix of the worker threads' names.
         initializer, initargs: run in each worker thread when it starts.
-        backend: None (threads); a dask.distributed.Client is planned.
+        backend: None (threads), or a dask.distributed.Client: tasks run on its
+            cluster, `workers` bounds the calls in flight there (default: the
+            cluster's threads); `initializer` and `copy_context` are refused (see
+            README.md, "Running on a Dask cluster").
     """
 
     def __init__(self, workers: int | None = None, *, min_workers: int | None = None,
@@ -258,13 +262,18 @@ class Pool(ThreadPoolExecutor):
                  copy_context: bool = False, name: str = "fastpool",
                  initializer: Callable[..., object] | None = None,
                  initargs: tuple[Any, ...] = (), backend: Any = None) -> None:
+        dask: DaskBackend | None = None
         if backend is not None:
-            mod = type(backend).__module__ or ""
-            if mod.split(".")[0] == "distributed" and type(backend).__name__ == "Client":
-                raise NotImplementedError("the dask backend of Pool is not implemented yet")
-            raise TypeError(f"`backend` must be None or a dask.distributed.Client, got {backend!r}")
+            dask = DaskBackend(backend)
+            # Both would run in the local dispatcher threads, not where the tasks run.
+            if initializer is not None:
+                raise ValueError("`initializer` cannot run on Dask workers from here: use "
+                                 "client.register_plugin() (or register_worker_callbacks)")
+            if copy_context:
+                raise ValueError("`copy_context=True` cannot carry contextvars to Dask workers")
         if workers is None:
-            workers = _executor._default_max_workers()
+            workers = (_executor._default_max_workers() if dask is None
+                       else dask.default_workers())
         if isinstance(workers, bool) or not isinstance(workers, int):
             raise TypeError(f"`workers` must be an int, got {workers!r}")
         if workers < 1:
@@ -295,6 +304,7 @@ class Pool(ThreadPoolExecutor):
         self._idle_poll = min(idle_timeout or _MAX_IDLE_POLL, _MAX_IDLE_POLL) or 1e-3
         self._retry = retry
         self._pacer = pacer
+        self._backend = dask
         self._copy_context = bool(copy_context)
         self._name = name
         self._thread_ids = itertools.count()
@@ -312,7 +322,10 @@ class Pool(ThreadPoolExecutor):
         self._close_when_idle = False
         # The counters, the running tasks, the latency samples, and the flags the
         # native fast path reads (closed, collecting, watch): see core.Ledger.
-        self._ledger = core.Ledger(self._work_queue, self._pacer is not None)
+        # A slow ledger sends every task through _run_slow (never the native run_plain):
+        # rate-limited tasks wait for their slot there, and a backend's calls go out there.
+        self._ledger = core.Ledger(self._work_queue,
+                                   self._pacer is not None or self._backend is not None)
         self._late: list[_Task] = []  # handed back by workers/timer while collecting
         self._report: ShutdownReport | None = None
         self._shutdown_done: threading.Event | None = None
@@ -604,8 +617,9 @@ class Pool(ThreadPoolExecutor):
     # -- outcomes (called by _Task and the timer) ---------------------------------------
 
     def _run_slow(self, task: _Task) -> None:
-        """PoolTask.run() of a task with options, or of any task when rate-limited."""
-        if task.opts is None:
+        """PoolTask.run() of a task with options, or of any task when rate-limited or
+        on a backend."""
+        if task.opts is None and self._backend is None:
             if self._pacer is not None:
                 self._pace(task.future)
             task.run_plain()
@@ -615,11 +629,11 @@ class Pool(ThreadPoolExecutor):
     def _run_opts(self, task: _Task) -> None:
         # Tokens, deadlines, contexts: a deadline may settle the task from the timer
         # thread at any moment, so every step checks the state under the lock.
+        # (`opts` is None only for a plain task on a backend.)
         fut = task.future
         opts = task.opts
-        assert opts is not None
         ledger = self._ledger
-        token = opts.token
+        token = None if opts is None else opts.token
         if token is not None and token.cancelled:
             fut.cancel()
         if self._pacer is not None:
@@ -638,9 +652,9 @@ class Pool(ThreadPoolExecutor):
         if t_queued:
             t0 = clock()
         gov = None
-        if token is not None or opts.deadline is not None:
+        if opts is not None and (token is not None or opts.deadline is not None):
             if opts.cb_handle is not None:
-                token.remove_callback(opts.cb_handle)
+                opts.token.remove_callback(opts.cb_handle)
                 opts.cb_handle = None
             gov = opts.gov
             if gov is None:
@@ -652,7 +666,12 @@ class Pool(ThreadPoolExecutor):
         if gov is not None:
             _local.current = gov
         try:
-            if opts.ctx is not None:
+            if self._backend is not None:
+                # Remote code cannot see current_token(): the backend watches the token
+                # that governs the task and cancels the remote call with it.
+                result = self._backend.call(task.fn, task.args, task.kwargs,
+                                            self._token if gov is None else gov)
+            elif opts is not None and opts.ctx is not None:
                 result = opts.ctx.run(task.fn, *task.args, **task.kwargs)
             else:
                 result = task.fn(*task.args, **task.kwargs)

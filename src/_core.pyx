@@ -1051,16 +1051,16 @@ cdef class Ledger:
     cdef readonly WorkQueue queue
     cdef bint _closed                # submit() refuses: the pool is shut down or broken
     cdef bint _collecting            # shutdown hands back what workers take
-    cdef readonly bint paced         # every task starts through pool._run_slow
+    cdef readonly bint slow          # every task starts through pool._run_slow
     cdef int _watch                  # > 0: someone waits for the pool to be idle
     cdef unsigned long long stamps, samples
     cdef double wait_ring[_WINDOW]
     cdef double run_ring[_WINDOW]
 
-    def __cinit__(self, WorkQueue queue, bint paced=False):
+    def __cinit__(self, WorkQueue queue, bint slow=False):
         cdef Py_ssize_t i
         self.queue = queue
-        self.paced = paced
+        self.slow = slow
         self.running = set()
         for i in range(_NCOUNT):
             self.c[i] = 0
@@ -1246,7 +1246,7 @@ cdef class PoolTask(WorkItem):
         raise TypeError("PoolTask objects are made by Ledger.task()")
 
     cpdef run(self):
-        if self.opts is not None or self.ledger.paced:
+        if self.opts is not None or self.ledger.slow:
             self.pool._run_slow(self)
         else:
             self.run_plain()

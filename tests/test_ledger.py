@@ -98,7 +98,7 @@ def test_watch_and_flags(core_impl):
     ledger.start_collecting()
     ledger.close()
     assert ledger.closed and ledger.collecting
-    assert not ledger.paced and c.Ledger(c.WorkQueue(), True).paced
+    assert not ledger.slow and c.Ledger(c.WorkQueue(), True).slow
 
 
 def test_idle_and_in_transit(core_impl):
@@ -221,10 +221,11 @@ def test_run_hands_failures_and_cancellations_back(core_impl):
     assert pool.calls == [("not_run", task, True)]  # started, handed back
 
 
-def test_options_and_pacing_take_the_slow_path(core_impl):
+def test_options_and_slow_ledgers_take_the_slow_path(core_impl):
+    # A slow ledger: the pool is rate-limited or runs on a backend (Dask).
     c = core_impl
-    for paced, opts in ((False, "opts"), (True, None)):
-        ledger = c.Ledger(c.WorkQueue(), paced)
+    for slow, opts in ((False, "opts"), (True, None)):
+        ledger = c.Ledger(c.WorkQueue(), slow)
         pool = FakePool()
         task = ledger.task(pool, print, (), {}, opts)
         task.run()

@@ -69,11 +69,24 @@ def test_bad_arguments(kwargs, exc, match):
         Pool(**kwargs)
 
 
-def test_dask_backend_not_implemented_yet():
-    # A stand-in with the class identity of dask.distributed.Client (no dask needed).
-    Client = type("Client", (), {"__module__": "distributed.client"})
-    with pytest.raises(NotImplementedError, match="dask backend"):
-        Pool(backend=Client())
+def test_backend_check_imports_no_dask(run_py):
+    # Only a real Client is one (tests/test_dask.py runs it), and telling imports
+    # nothing: without distributed loaded, no object can be a Client.
+    code = ("import sys, fastpool\n"
+            "Client = type('Client', (), {'__module__': 'distributed.client'})\n"
+            "for obj in (object(), Client()):\n"
+            "    try:\n"
+            "        fastpool.Pool(backend=obj)\n"
+            "    except TypeError as exc:\n"
+            "        print(exc)\n"
+            "print('distributed' in sys.modules)\n")
+    proc = run_py(code)
+    assert proc.returncode == 0, proc
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3 and lines[2] == "False", proc
+    for line in lines[:2]:
+        assert line.startswith("`backend` must be None or a dask.distributed.Client")
+        assert "pip install 'fastpool[dask]'" in line
 
 
 def test_bad_calls(make_pool):
