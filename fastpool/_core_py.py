@@ -490,6 +490,8 @@ class Ledger:
         self.slow = bool(slow)  # every task starts through pool._run_slow
         self.running: set[Any] = set()
         self._lock = threading.Lock()
+        self._threads: Any = frozenset()
+        self._max_workers = 0
         self._c = [0] * _NCOUNT
         self._closed = self._collecting = False
         self._watch = 0
@@ -520,6 +522,15 @@ class Ledger:
     def add_watch(self, delta: int) -> None:
         with self._lock:
             self._watch += delta
+
+    def bind_workers(self, threads: Any, max_workers: int) -> None:
+        with self._lock:
+            self._threads = threads
+            self._max_workers = max_workers
+
+    def set_max_workers(self, max_workers: int) -> None:
+        with self._lock:
+            self._max_workers = max_workers
 
     def move(self, src: int, dst: int, extra: int = -1, task: Any = None) -> bool:
         if not (OUTSIDE <= src < _NCOUNT and OUTSIDE <= dst < _NCOUNT
@@ -606,8 +617,11 @@ class Ledger:
             self._stamps = n + 1
         if n % SAMPLE_EVERY == 0:
             task.t_queued = clock()
+        q = self.queue
         try:
-            if self.queue.put_nowait(task):
+            if q.put_nowait(task):
+                if q.qsize() > q.idle_workers and len(self._threads) < self._max_workers:
+                    pool._adjust_thread_count()
                 return task.future
         except QueueClosed:
             pass

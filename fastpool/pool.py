@@ -326,6 +326,7 @@ class Pool(ThreadPoolExecutor):
         # rate-limited tasks wait for their slot there, and a backend's calls go out there.
         self._ledger = core.Ledger(self._work_queue,
                                    self._pacer is not None or self._backend is not None)
+        self._ledger.bind_workers(self._threads, self._max_workers)
         self._late: list[_Task] = []  # handed back by workers/timer while collecting
         self._report: ShutdownReport | None = None
         self._shutdown_done: threading.Event | None = None
@@ -344,9 +345,6 @@ class Pool(ThreadPoolExecutor):
         if self._threads and not self._copy_context:
             fut = self._ledger.submit(self, fn, args, kwargs, self._retry)
             if fut is not None:
-                q = self._work_queue
-                if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
-                    self._adjust_thread_count()
                 return fut  # type: ignore[no-any-return]
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
@@ -582,6 +580,7 @@ class Pool(ThreadPoolExecutor):
             if self._shutdown:
                 raise RuntimeError("cannot resize a pool after shutdown")
             self._max_workers = workers
+            self._ledger.set_max_workers(workers)
             if self._min_workers > workers:
                 self._min_workers = workers
             # A saturated pool never goes idle: ask the surplus to leave after their

@@ -1053,6 +1053,8 @@ cdef class Ledger:
     cdef bint _collecting            # shutdown hands back what workers take
     cdef readonly bint slow          # every task starts through pool._run_slow
     cdef int _watch                  # > 0: someone waits for the pool to be idle
+    cdef object threads              # the pool's set of worker threads (only read here)
+    cdef Py_ssize_t max_workers      # the pool's maximum (set_max_workers)
     cdef unsigned long long stamps, samples
     cdef double wait_ring[_WINDOW]
     cdef double run_ring[_WINDOW]
@@ -1062,6 +1064,7 @@ cdef class Ledger:
         self.queue = queue
         self.slow = slow
         self.running = set()
+        self.threads = frozenset()
         for i in range(_NCOUNT):
             self.c[i] = 0
         for i in range(_WINDOW):
@@ -1098,6 +1101,17 @@ cdef class Ledger:
     def add_watch(self, int delta):
         with cython.critical_section(self):
             self._watch += delta
+
+    def bind_workers(self, threads, Py_ssize_t max_workers):
+        """The pool's set of worker threads and its maximum: submit() asks the pool for
+        one more worker (pool._adjust_thread_count) when work waits for none."""
+        with cython.critical_section(self):
+            self.threads = threads
+            self.max_workers = max_workers
+
+    def set_max_workers(self, Py_ssize_t max_workers):
+        with cython.critical_section(self):
+            self.max_workers = max_workers
 
     # -- counters --
 
@@ -1202,7 +1216,8 @@ cdef class Ledger:
         return self._new_task(pool, fn, args, kwargs, opts, retry)
 
     def submit(self, pool, fn, tuple args, dict kwargs, retry):
-        """The fast submit: count and queue a task without options; return its future.
+        """The fast submit: count and queue a task without options (and start a worker
+        if it needs one); return its future.
 
         None (and nothing counted or queued) if the pool is closed or the queue is
         full or closed: the caller takes the slow path, which waits or raises."""
@@ -1224,6 +1239,11 @@ cdef class Ledger:
         Py_INCREF(task)  # owned by the queue until a worker steals it
         st = self.queue.q.try_push(<void *>task)
         if st == OK:
+            # Work waiting for more workers than are idle: one more, if allowed. (size()
+            # read before idle(): see ThreadPoolExecutor._enqueue on the order.)
+            if (<Py_ssize_t>self.queue.q.size() > self.queue.q.idle()
+                    and len(self.threads) < self.max_workers):
+                pool._adjust_thread_count()
             return task.future
         Py_DECREF(task)
         if self.move(_QUE, _OUTSIDE):

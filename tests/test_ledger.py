@@ -31,6 +31,9 @@ class FakePool:
     def _run_slow(self, task) -> None:
         self.calls.append(("slow", task))
 
+    def _adjust_thread_count(self) -> None:
+        self.calls.append(("grow",))
+
 
 def counts(core, ledger) -> dict[str, int]:
     names = ("submitted", "queued", "running", "retrying", "succeeded", "failed",
@@ -264,3 +267,23 @@ def test_moves_are_atomic_under_threads(core_impl):
     r.join()
     assert not bad, bad[:3]
     assert ledger.counts()[:5] == (12000, 0, 0, 0, 12000)
+
+
+def test_fast_submit_asks_for_a_worker_when_work_waits(core_impl):
+    c = core_impl
+    q = c.WorkQueue()
+    ledger = c.Ledger(q)
+    pool = FakePool()
+    ledger.submit(pool, print, (), {}, None)
+    assert pool.calls == []  # not bound to a pool's workers: never asks
+    threads = {"worker-1"}
+    ledger.bind_workers(threads, 2)
+    ledger.submit(pool, print, (), {}, None)
+    assert pool.calls == [("grow",)]  # 2 queued, 0 idle, 1 of 2 workers
+    threads.add("worker-2")  # the live set is read, not a copy
+    pool.calls.clear()
+    ledger.submit(pool, print, (), {}, None)
+    assert pool.calls == []  # at the maximum
+    ledger.set_max_workers(3)
+    ledger.submit(pool, print, (), {}, None)
+    assert pool.calls == [("grow",)]
