@@ -311,7 +311,7 @@ import fastpool
 
 faulthandler.dump_traceback_later(25, exit=True)  # a hang prints every thread's stack
 
-threading.stack_size(64 * 1024 * 1024)
+threading.stack_size(STACK_MB * 1024 * 1024)
 with open("/proc/self/statm") as f:
     vm = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 hard = resource.getrlimit(resource.RLIMIT_AS)[1]
@@ -331,13 +331,17 @@ pool.shutdown()
 @pytest.mark.parametrize("pool", ["ThreadPoolExecutor", "Pool"])
 def test_real_thread_exhaustion(run_py, pool):
     # Room for a few workers: they run everything, the pool does not insist on 32.
-    proc = run_py(f"POOL = {pool!r}\nHEADROOM_MB = 300\n" + EXHAUST_PROGRAM, timeout=60)
+    proc = run_py(f"POOL = {pool!r}\nHEADROOM_MB = 300\nSTACK_MB = 64\n" + EXHAUST_PROGRAM,
+                  timeout=60)
     assert proc.returncode == 0, str(proc)
     assert "done 300 threads" in proc.stdout, str(proc)
     threads = int(proc.stdout.split("threads")[1].split()[0])
     assert 1 <= threads < 32, str(proc)
     # Room for none: submit says so at once instead of queueing work nobody will run.
-    proc = run_py(f"POOL = {pool!r}\nHEADROOM_MB = 16\n" + EXHAUST_PROGRAM, timeout=60)
+    # (A 1 GB stack against 16 MB of room: the process's own mappings move by tens of MB
+    # -- once, in CI, a 64 MB stack still fitted.)
+    proc = run_py(f"POOL = {pool!r}\nHEADROOM_MB = 16\nSTACK_MB = 1024\n" + EXHAUST_PROGRAM,
+                  timeout=60)
     assert proc.returncode == 0, str(proc)
     assert "submit error: can't start new thread" in proc.stdout, str(proc)
 
