@@ -43,14 +43,6 @@ def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]],
     return out
 
 
-class _NoProgress:
-    def tick(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class _StatsProgress:
     def __init__(self, pool: Pool, callback: Callable[[Stats], object]) -> None:
         self._pool = pool
@@ -80,7 +72,7 @@ class _BarProgress:
 
 def _progress(pool: Pool, progress: Any, iterables: tuple[Iterable[Any], ...]) -> Any:
     if progress is None or progress is False:
-        return _NoProgress()
+        return None
     if progress is True:
         try:
             from tqdm.auto import tqdm
@@ -114,22 +106,22 @@ def map_iter(pool: Pool, fn: Callable[..., Any], iterables: tuple[Iterable[Any],
         pool._raise_closed()
     bar = _progress(pool, progress, iterables)
     args_iter: Iterator[Any] = zip(*iterables)
+    submit = pool.submit
+    # `pending` submits one call (or chunk) each time it is advanced. In flight: plain
+    # futures, or (future, n) for a chunk of n calls. Per call the loops below do one
+    # submit, one result() and little else: they are the whole per-item overhead.
+    pending: Iterator[Any]
     if chunksize > 1:
         chunks = iter(lambda: list(itertools.islice(args_iter, chunksize)), [])
-        work: Iterator[tuple[Callable[..., Any], tuple[Any, ...], int]] = (
-            (_run_chunk, (fn, chunk, return_exceptions), len(chunk)) for chunk in chunks)
+        pending = ((submit(_run_chunk, fn, chunk, return_exceptions), len(chunk))
+                   for chunk in chunks)
     else:
-        work = ((fn, args, 0) for args in args_iter)
-
-    def submit(item: tuple[Callable[..., Any], tuple[Any, ...], int]) -> tuple[Any, int]:
-        f, a, n = item
-        return pool.submit(f, *a), n
-
+        pending = (submit(fn, *args) for args in args_iter)
     # As the stdlib's map(buffersize=...): the first `buffersize` calls go in now.
-    first = [submit(item) for item in itertools.islice(work, size)]
+    first = list(itertools.islice(pending, size))
     if ordered:
-        return _ordered(pool, first, work, submit, end, return_exceptions, bar)
-    return _unordered(pool, first, work, submit, end, return_exceptions, bar)
+        return _ordered(first, pending, chunksize > 1, end, return_exceptions, bar)
+    return _unordered(first, pending, chunksize > 1, end, return_exceptions, bar)
 
 
 def _outcome(fut: Any, end: float | None, return_exceptions: bool) -> Any:
@@ -141,68 +133,87 @@ def _outcome(fut: Any, end: float | None, return_exceptions: bool) -> Any:
         return exc
 
 
-def _results(value: Any, n: int) -> list[Any]:
-    # n == 0: one plain call; otherwise a chunk of n calls (or one error for all of them).
-    if n == 0:
-        return [value]
-    if isinstance(value, list):
-        return value
-    return [value] * n
+def _chunk_values(value: Any, n: int) -> list[Any]:
+    # A chunk's list of results, or one error (the chunk never ran) for all its calls.
+    return value if isinstance(value, list) else [value] * n
 
 
-def _ordered(pool: Pool, first: list[tuple[Any, int]], work: Iterator[Any], submit: Any,
-             end: float | None, return_exceptions: bool, bar: Any) -> Iterator[Any]:
+def _ordered(first: list[Any], pending: Iterator[Any], chunked: bool, end: float | None,
+             return_exceptions: bool, bar: Any) -> Iterator[Any]:
     fs = collections.deque(first)
     del first
+    popleft, append = fs.popleft, fs.append
     try:
         while fs:
-            fut, n = fs.popleft()
-            value = _outcome(fut, end, return_exceptions)
+            entry = popleft()
+            fut, n = entry if chunked else (entry, 0)
+            del entry
+            if end is None:
+                try:
+                    value = fut.result()
+                except Exception as exc:
+                    if not return_exceptions:
+                        raise
+                    value = exc
+            else:
+                value = _outcome(fut, end, return_exceptions)
             del fut
-            item = next(work, None)
-            if item is not None:
-                fs.append(submit(item))
-            values = _results(value, n)
-            del value
-            yield from values
-            bar.tick(len(values))
+            for nxt in pending:  # the next call goes in as this one comes out
+                append(nxt)
+                break
+            if chunked:
+                values = _chunk_values(value, n)
+                del value
+                yield from values
+                if bar is not None:
+                    bar.tick(len(values))
+            else:
+                yield value
+                del value
+                if bar is not None:
+                    bar.tick(1)
     finally:
-        for fut, _ in fs:
-            fut.cancel()
-        bar.close()
+        for entry in fs:
+            (entry[0] if chunked else entry).cancel()
+        if bar is not None:
+            bar.close()
 
 
-def _unordered(pool: Pool, first: list[tuple[Any, int]], work: Iterator[Any], submit: Any,
-               end: float | None, return_exceptions: bool, bar: Any) -> Iterator[Any]:
+def _unordered(first: list[Any], pending: Iterator[Any], chunked: bool, end: float | None,
+               return_exceptions: bool, bar: Any) -> Iterator[Any]:
     done: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    pending: dict[Any, int] = {}
+    sizes: dict[Any, int] = {}  # future -> calls in it (0: one plain call)
 
-    def track(item: tuple[Any, int]) -> None:
-        fut, n = item
-        pending[fut] = n
+    def track(entry: Any) -> None:
+        fut, n = entry if chunked else (entry, 0)
+        sizes[fut] = n
         fut.add_done_callback(done.put)
 
-    for item in first:
-        track(item)
+    for entry in first:
+        track(entry)
     del first
     try:
-        while pending:
+        while sizes:
             try:
                 fut = done.get(timeout=None if end is None else max(0.0, end - monotonic()))
             except queue.Empty:
                 raise cf.TimeoutError() from None  # as the stdlib (3.10: not the builtin)
-            n = pending.pop(fut)
-            nxt = next(work, None)
-            if nxt is not None:
-                track(submit(nxt))
-            values = _results(_outcome(fut, None, return_exceptions), n)
+            n = sizes.pop(fut)
+            for nxt in pending:
+                track(nxt)
+                break
+            value = _outcome(fut, None, return_exceptions)
             del fut
+            values = _chunk_values(value, n) if n else [value]
+            del value
             yield from values
-            bar.tick(len(values))
+            if bar is not None:
+                bar.tick(len(values))
     finally:
-        for fut in pending:
+        for fut in sizes:
             fut.cancel()
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 # -- asyncio ---------------------------------------------------------------------------

@@ -217,6 +217,25 @@ def test_map_is_lazy_and_bounded(make_pool):
     check_invariant(pool.stats())
 
 
+@pytest.mark.parametrize("queue_size, window", [(0, 256), (5, 10)])
+def test_map_default_window(make_pool, queue_size, window):
+    # Unbounded queue: 256 calls in flight (a small window makes the consumer and the
+    # workers wait on each other); bounded: twice the queue.
+    pool = make_pool(2, queue_size=queue_size)
+    consumed = []
+
+    def source():
+        for i in itertools.count():
+            consumed.append(i)
+            yield i
+
+    it = pool.map(ok, source())
+    assert len(consumed) == window
+    assert next(it) == 0
+    it.close()
+    assert pool.join(PROMPT)
+
+
 def test_map_unordered_yields_as_completed(make_pool):
     pool = make_pool(2)
     release = threading.Event()
