@@ -54,6 +54,8 @@ class WorkQueue:
         self._closed = False
         self._idle = 0
         self._retire = 0
+        self._threads: Any = frozenset()
+        self._max_workers = 0
 
     @property
     def maxsize(self) -> int:
@@ -67,6 +69,33 @@ class WorkQueue:
     def idle_workers(self) -> int:
         """Workers currently waiting for work in run_worker()."""
         return self._idle
+
+    def bind_workers(self, threads: Any, max_workers: int) -> None:
+        """The pool's set of worker threads and its maximum (see submit)."""
+        with self._lock:
+            self._threads = threads
+            self._max_workers = max_workers
+
+    def set_max_workers(self, max_workers: int) -> None:
+        with self._lock:
+            self._max_workers = max_workers
+
+    def _short_of_workers(self, waiting: int) -> bool:
+        return waiting > self._idle and len(self._threads) < self._max_workers
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> Any:
+        """The executor's fast submit: queue a new WorkItem and return its Future; None
+        (nothing queued) if it would need a new worker or the queue is full or closed."""
+        if self._short_of_workers(len(self._items) + 1):
+            return None
+        fut = Future()
+        try:
+            if self.put_nowait(WorkItem(fut, fn, args, kwargs)):
+                return fut
+        except QueueClosed:
+            pass
+        return None
 
     def request_retire(self, n: int) -> None:
         """Ask n workers to leave run_worker() after their current item (replaces any
@@ -490,8 +519,6 @@ class Ledger:
         self.slow = bool(slow)  # every task starts through pool._run_slow
         self.running: set[Any] = set()
         self._lock = threading.Lock()
-        self._threads: Any = frozenset()
-        self._max_workers = 0
         self._c = [0] * _NCOUNT
         self._closed = self._collecting = False
         self._watch = 0
@@ -522,15 +549,6 @@ class Ledger:
     def add_watch(self, delta: int) -> None:
         with self._lock:
             self._watch += delta
-
-    def bind_workers(self, threads: Any, max_workers: int) -> None:
-        with self._lock:
-            self._threads = threads
-            self._max_workers = max_workers
-
-    def set_max_workers(self, max_workers: int) -> None:
-        with self._lock:
-            self._max_workers = max_workers
 
     def move(self, src: int, dst: int, extra: int = -1, task: Any = None) -> bool:
         if not (OUTSIDE <= src < _NCOUNT and OUTSIDE <= dst < _NCOUNT
@@ -620,7 +638,7 @@ class Ledger:
         q = self.queue
         try:
             if q.put_nowait(task):
-                if q.qsize() > q.idle_workers and len(self._threads) < self._max_workers:
+                if q._short_of_workers(q.qsize()):
                     pool._adjust_thread_count()
                 return task.future
         except QueueClosed:

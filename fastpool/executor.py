@@ -133,6 +133,8 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         self._max_workers = max_workers
         self._work_queue = self._make_queue()
         self._threads: set[threading.Thread] = set()
+        # The queue reads the live thread set: its submit() knows when to ask for more.
+        self._work_queue.bind_workers(self._threads, max_workers)
         self._broken = False
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
@@ -150,9 +152,13 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         return core.WorkQueue()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        f = Future()
-        self._enqueue(WorkItem(f, fn, args, kwargs))
-        return f
+        # The common case in one native call; None when a worker must start first or
+        # the queue is closed: _enqueue does that, and raises what the stdlib raises.
+        f = self._work_queue.submit(fn, args, kwargs)
+        if f is None:
+            f = Future()
+            self._enqueue(WorkItem(f, fn, args, kwargs))
+        return f  # type: ignore[no-any-return]
 
     submit.__doc__ = _base.Executor.submit.__doc__
 

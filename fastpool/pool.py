@@ -326,7 +326,6 @@ class Pool(ThreadPoolExecutor):
         # rate-limited tasks wait for their slot there, and a backend's calls go out there.
         self._ledger = core.Ledger(self._work_queue,
                                    self._pacer is not None or self._backend is not None)
-        self._ledger.bind_workers(self._threads, self._max_workers)
         self._late: list[_Task] = []  # handed back by workers/timer while collecting
         self._report: ShutdownReport | None = None
         self._shutdown_done: threading.Event | None = None
@@ -580,7 +579,7 @@ class Pool(ThreadPoolExecutor):
             if self._shutdown:
                 raise RuntimeError("cannot resize a pool after shutdown")
             self._max_workers = workers
-            self._ledger.set_max_workers(workers)
+            self._work_queue.set_max_workers(workers)
             if self._min_workers > workers:
                 self._min_workers = workers
             # A saturated pool never goes idle: ask the surplus to leave after their

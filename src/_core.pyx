@@ -106,11 +106,14 @@ cdef class WorkQueue:
     """Bounded or unbounded MPMC queue of Python objects (maxsize=0: unbounded)."""
 
     cdef Queue *q
+    cdef object _threads          # the pool's live set of worker threads (only read here)
+    cdef Py_ssize_t _max_workers  # the pool's maximum
 
     def __cinit__(self, Py_ssize_t maxsize=0):
         if maxsize < 0:
             raise ValueError(f"maxsize must be >= 0, got {maxsize}")
         self.q = new Queue(<size_t>maxsize)
+        self._threads = frozenset()
 
     def __dealloc__(self):
         cdef vector[void *] left
@@ -133,6 +136,48 @@ cdef class WorkQueue:
     def idle_workers(self):
         """Workers currently waiting for work in run_worker()."""
         return self.q.idle()
+
+    def bind_workers(self, threads, Py_ssize_t max_workers):
+        """The pool's set of worker threads and its maximum, for submit() (and the
+        Pool's Ledger.submit) to tell when a task needs one more worker."""
+        with cython.critical_section(self):
+            self._threads = threads
+            self._max_workers = max_workers
+
+    def set_max_workers(self, Py_ssize_t max_workers):
+        with cython.critical_section(self):
+            self._max_workers = max_workers
+
+    cdef inline bint _short_of_workers(self, Py_ssize_t waiting) except -1:
+        # `waiting` items for fewer idle workers, and room for one more thread.
+        cdef Py_ssize_t most
+        with cython.critical_section(self):
+            threads = self._threads
+            most = self._max_workers
+        return waiting > self.q.idle() and len(threads) < most
+
+    def submit(self, fn, tuple args, dict kwargs):
+        """The executor's fast submit: queue a new WorkItem and return its Future.
+
+        None (nothing queued) when the item would need a new worker (the executor
+        starts it first, in Python, so that failing to start one raises), or when the
+        queue is full or closed: the caller's slow path handles those."""
+        cdef WorkItem item
+        cdef int st
+        # As ThreadPoolExecutor._enqueue: size() read before idle().
+        if self._short_of_workers(<Py_ssize_t>self.q.size() + 1):
+            return None
+        item = WorkItem.__new__(WorkItem)
+        item.future = Future()
+        item.fn = fn
+        item.args = args
+        item.kwargs = kwargs
+        Py_INCREF(item)  # owned by the queue until a worker steals it
+        st = self.q.try_push(<void *>item)
+        if st == OK:
+            return item.future
+        Py_DECREF(item)
+        return None
 
     def request_retire(self, Py_ssize_t n):
         """Ask n workers to leave run_worker() after their current item (replaces any
@@ -1053,8 +1098,6 @@ cdef class Ledger:
     cdef bint _collecting            # shutdown hands back what workers take
     cdef readonly bint slow          # every task starts through pool._run_slow
     cdef int _watch                  # > 0: someone waits for the pool to be idle
-    cdef object threads              # the pool's set of worker threads (only read here)
-    cdef Py_ssize_t max_workers      # the pool's maximum (set_max_workers)
     cdef unsigned long long stamps, samples
     cdef double wait_ring[_WINDOW]
     cdef double run_ring[_WINDOW]
@@ -1064,7 +1107,6 @@ cdef class Ledger:
         self.queue = queue
         self.slow = slow
         self.running = set()
-        self.threads = frozenset()
         for i in range(_NCOUNT):
             self.c[i] = 0
         for i in range(_WINDOW):
@@ -1101,17 +1143,6 @@ cdef class Ledger:
     def add_watch(self, int delta):
         with cython.critical_section(self):
             self._watch += delta
-
-    def bind_workers(self, threads, Py_ssize_t max_workers):
-        """The pool's set of worker threads and its maximum: submit() asks the pool for
-        one more worker (pool._adjust_thread_count) when work waits for none."""
-        with cython.critical_section(self):
-            self.threads = threads
-            self.max_workers = max_workers
-
-    def set_max_workers(self, Py_ssize_t max_workers):
-        with cython.critical_section(self):
-            self.max_workers = max_workers
 
     # -- counters --
 
@@ -1239,10 +1270,9 @@ cdef class Ledger:
         Py_INCREF(task)  # owned by the queue until a worker steals it
         st = self.queue.q.try_push(<void *>task)
         if st == OK:
-            # Work waiting for more workers than are idle: one more, if allowed. (size()
-            # read before idle(): see ThreadPoolExecutor._enqueue on the order.)
-            if (<Py_ssize_t>self.queue.q.size() > self.queue.q.idle()
-                    and len(self.threads) < self.max_workers):
+            # Work waiting for more workers than are idle: one more, if allowed (see
+            # WorkQueue.bind_workers).
+            if self.queue._short_of_workers(<Py_ssize_t>self.queue.q.size()):
                 pool._adjust_thread_count()
             return task.future
         Py_DECREF(task)

@@ -679,3 +679,30 @@ def test_no_leak_run_worker(core_impl):
     core_impl.run_worker(q)
     assert f.done()
     assert not _alive_after(ref)
+
+
+def test_submit_queues_a_work_item_unless_a_worker_is_needed(core_impl):
+    """WorkQueue.submit: the executor's fast path. It never starts threads: when the
+    item would need one more worker (or cannot be queued) it returns None and queues
+    nothing, and the executor's Python path takes over."""
+    q = core_impl.WorkQueue()
+    assert q.submit(divmod, (7, 2), {}) is not None  # unbound: no pool, no workers to ask
+    q.get_nowait()
+    threads = {"t1"}
+    q.bind_workers(threads, 2)
+    assert q.submit(divmod, (7, 2), {}) is None  # 1 waiting, 0 idle, room for a 2nd thread
+    assert q.qsize() == 0
+    threads.add("t2")  # the live set is read
+    fut = q.submit(divmod, (7, 2), {})
+    assert isinstance(fut, core_impl.Future) and not fut.done()
+    item = q.get_nowait()
+    assert isinstance(item, core_impl.WorkItem) and item.future is fut
+    assert (item.fn, item.args, item.kwargs) == (divmod, (7, 2), {})
+    item.run()
+    assert fut.result(0) == (3, 1)
+    q.set_max_workers(3)
+    assert q.submit(print, (), {}) is None  # room for a 3rd thread again
+    q.set_max_workers(2)
+    q.close()
+    assert q.submit(print, (), {}) is None  # closed: nothing queued
+    assert q.qsize() == 0

@@ -277,13 +277,13 @@ def test_fast_submit_asks_for_a_worker_when_work_waits(core_impl):
     ledger.submit(pool, print, (), {}, None)
     assert pool.calls == []  # not bound to a pool's workers: never asks
     threads = {"worker-1"}
-    ledger.bind_workers(threads, 2)
+    q.bind_workers(threads, 2)
     ledger.submit(pool, print, (), {}, None)
     assert pool.calls == [("grow",)]  # 2 queued, 0 idle, 1 of 2 workers
     threads.add("worker-2")  # the live set is read, not a copy
     pool.calls.clear()
     ledger.submit(pool, print, (), {}, None)
     assert pool.calls == []  # at the maximum
-    ledger.set_max_workers(3)
+    q.set_max_workers(3)
     ledger.submit(pool, print, (), {}, None)
     assert pool.calls == [("grow",)]
