@@ -550,27 +550,31 @@ class Ledger:
         with self._lock:
             self._watch += delta
 
+    def _shift(self, src: int, dst: int, extra: int, task: Any) -> None:
+        # The one state change, under self._lock (see the Ledger in src/_core.pyx).
+        c = self._c
+        if src == OUTSIDE:
+            c[N_SUBMITTED] += 1
+        else:
+            c[src] -= 1
+        if dst == OUTSIDE:
+            c[N_SUBMITTED] -= 1
+        else:
+            c[dst] += 1
+        if extra >= 0:
+            c[extra] += 1
+        if task is not None:
+            if src == N_RUNNING:
+                self.running.discard(task)
+            elif dst == N_RUNNING:
+                self.running.add(task)
+
     def move(self, src: int, dst: int, extra: int = -1, task: Any = None) -> bool:
         if not (OUTSIDE <= src < _NCOUNT and OUTSIDE <= dst < _NCOUNT
                 and -1 <= extra < _NCOUNT):
             raise ValueError(f"bad counter index in move({src}, {dst}, {extra})")
-        c = self._c
         with self._lock:
-            if src == OUTSIDE:
-                c[N_SUBMITTED] += 1
-            else:
-                c[src] -= 1
-            if dst == OUTSIDE:
-                c[N_SUBMITTED] -= 1
-            else:
-                c[dst] += 1
-            if extra >= 0:
-                c[extra] += 1
-            if task is not None:
-                if src == N_RUNNING:
-                    self.running.discard(task)
-                elif dst == N_RUNNING:
-                    self.running.add(task)
+            self._shift(src, dst, extra, task)
             return self._watch > 0
 
     def counts(self) -> tuple[int, ...]:
@@ -625,15 +629,11 @@ class Ledger:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
         task = self.task(pool, fn, args, kwargs, None, retry)
-        c = self._c
         with self._lock:
             if self._closed:
                 return None
-            c[N_SUBMITTED] += 1
-            c[N_QUEUED] += 1
-            n = self._stamps
-            self._stamps = n + 1
-        if n % SAMPLE_EVERY == 0:
+            self._shift(OUTSIDE, N_QUEUED, -1, None)
+        if self.sampled():
             task.t_queued = clock()
         q = self.queue
         try:
@@ -677,9 +677,7 @@ class PoolTask(WorkItem):
             ok = started and not ledger._collecting
             if ok:
                 self.state = TASK_RUNNING
-                ledger._c[N_QUEUED] -= 1
-                ledger._c[N_RUNNING] += 1
-                ledger.running.add(self)
+                ledger._shift(N_QUEUED, N_RUNNING, -1, self)
         if not ok:
             self.pool._not_run(self, started)
             return
@@ -700,9 +698,7 @@ class PoolTask(WorkItem):
         finally:
             with ledger._lock:
                 self.state = TASK_DONE
-                ledger._c[N_RUNNING] -= 1
-                ledger._c[N_SUCCEEDED] += 1
-                ledger.running.discard(self)
+                ledger._shift(N_RUNNING, N_SUCCEEDED, -1, self)
                 watch = ledger._watch > 0
             if watch:
                 self.pool._check_idle_locked()

@@ -148,30 +148,21 @@ def _ordered(first: list[Any], pending: Iterator[Any], chunked: bool, end: float
             entry = popleft()
             fut, n = entry if chunked else (entry, 0)
             del entry
-            if end is None:
-                try:
-                    value = fut.result()
-                except Exception as exc:
-                    if not return_exceptions:
-                        raise
-                    value = exc
-            else:
-                value = _outcome(fut, end, return_exceptions)
+            try:  # _outcome(), inlined: this loop is the per-call cost of map
+                value = fut.result(None if end is None else max(0.0, end - monotonic()))
+            except Exception as exc:
+                if not fut.done() or not return_exceptions:
+                    raise
+                value = exc
             del fut
             for nxt in pending:  # the next call goes in as this one comes out
                 append(nxt)
                 break
-            if chunked:
-                values = _chunk_values(value, n)
-                del value
-                yield from values
-                if bar is not None:
-                    bar.tick(len(values))
-            else:
-                yield value
-                del value
-                if bar is not None:
-                    bar.tick(1)
+            values = _chunk_values(value, n) if n else (value,)
+            del value
+            yield from values
+            if bar is not None:
+                bar.tick(len(values))
     finally:
         for entry in fs:
             (entry[0] if chunked else entry).cancel()
@@ -204,7 +195,7 @@ def _unordered(first: list[Any], pending: Iterator[Any], chunked: bool, end: flo
                 break
             value = _outcome(fut, None, return_exceptions)
             del fut
-            values = _chunk_values(value, n) if n else [value]
+            values = _chunk_values(value, n) if n else (value,)
             del value
             yield from values
             if bar is not None:

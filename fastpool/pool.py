@@ -546,12 +546,11 @@ class Pool(ThreadPoolExecutor):
             n = len(self._threads)
             if self._work_queue.qsize():
                 return False
-            if n > self._max_workers:
-                self._work_queue.claim_retire()  # one surplus worker fewer to ask
-                self._threads.discard(me)
-                return True
-            if (self._idle_timeout is not None and n > self._min_workers
-                    and now - clock.since >= self._idle_timeout):
+            surplus = n > self._max_workers
+            if surplus or (self._idle_timeout is not None and n > self._min_workers
+                           and now - clock.since >= self._idle_timeout):
+                if surplus:
+                    self._work_queue.claim_retire()  # one surplus worker fewer to ask
                 self._threads.discard(me)
                 return True
         return False

@@ -163,21 +163,19 @@ cdef class WorkQueue:
         starts it first, in Python, so that failing to start one raises), or when the
         queue is full or closed: the caller's slow path handles those."""
         cdef WorkItem item
-        cdef int st
         # As ThreadPoolExecutor._enqueue: size() read before idle().
         if self._short_of_workers(<Py_ssize_t>self.q.size() + 1):
             return None
-        item = WorkItem.__new__(WorkItem)
-        item.future = Future()
-        item.fn = fn
-        item.args = args
-        item.kwargs = kwargs
+        item = _new_item(WorkItem.__new__(WorkItem), fn, args, kwargs)
+        return item.future if self._try_put(item) == OK else None
+
+    cdef inline int _try_put(self, object item):
+        """try_push for Python objects: the queue owns a reference while it holds one."""
         Py_INCREF(item)  # owned by the queue until a worker steals it
-        st = self.q.try_push(<void *>item)
-        if st == OK:
-            return item.future
-        Py_DECREF(item)
-        return None
+        cdef int st = self.q.try_push(<void *>item)
+        if st != OK:
+            Py_DECREF(item)
+        return st
 
     def request_retire(self, Py_ssize_t n):
         """Ask n workers to leave run_worker() after their current item (replaces any
@@ -640,6 +638,15 @@ cdef class WorkItem:
                 _finish(future, result, None)
             else:
                 future.set_result(result)
+
+
+cdef inline WorkItem _new_item(WorkItem item, fn, tuple args, dict kwargs):
+    """Fill a WorkItem (or PoolTask) made with __new__: a new Future, the call."""
+    item.future = Future()
+    item.fn = fn
+    item.args = args
+    item.kwargs = kwargs
+    return item
 
 
 # ------------------------------------------------------------------------------- map
@@ -1146,6 +1153,26 @@ cdef class Ledger:
 
     # -- counters --
 
+    cdef inline int _shift(self, int src, int dst, int extra, task) except -1:
+        # The one state change, in the caller's critical section on self: counter src -1,
+        # dst +1 (OUTSIDE: submitted), extra +1; with `task`, the running set follows.
+        if src == _OUTSIDE:
+            self.c[_SUB] += 1
+        else:
+            self.c[src] -= 1
+        if dst == _OUTSIDE:
+            self.c[_SUB] -= 1
+        else:
+            self.c[dst] += 1
+        if extra >= 0:
+            self.c[extra] += 1
+        if task is not None:
+            if src == _RUN:
+                self.running.discard(task)
+            elif dst == _RUN:
+                self.running.add(task)
+        return 0
+
     def move(self, int src, int dst, int extra=-1, task=None):
         """One task changes state: counter src -1, dst +1 (OUTSIDE: submitted), extra +1.
 
@@ -1155,34 +1182,22 @@ cdef class Ledger:
                 and -1 <= extra < _NCOUNT):
             raise ValueError(f"bad counter index in move({src}, {dst}, {extra})")
         with cython.critical_section(self):
-            if src == _OUTSIDE:
-                self.c[_SUB] += 1
-            else:
-                self.c[src] -= 1
-            if dst == _OUTSIDE:
-                self.c[_SUB] -= 1
-            else:
-                self.c[dst] += 1
-            if extra >= 0:
-                self.c[extra] += 1
-            if task is not None:
-                if src == _RUN:
-                    self.running.discard(task)
-                elif dst == _RUN:
-                    self.running.add(task)
+            self._shift(src, dst, extra, task)
             return self._watch > 0
+
+    cdef inline tuple _counts(self):
+        # In the caller's critical section on self.
+        return tuple([self.c[i] for i in range(_NCOUNT)])
 
     def counts(self):
         """The counters, in Stats' order, read at one instant."""
         with cython.critical_section(self):
-            return tuple([self.c[i] for i in range(_NCOUNT)])
+            return self._counts()
 
     def snapshot(self):
         """The counters (Stats' order) and the running tasks, read at one instant."""
         with cython.critical_section(self):
-            counts = tuple([self.c[i] for i in range(_NCOUNT)])
-            running = list(self.running)
-        return counts, running
+            return self._counts(), list(self.running)
 
     def idle(self):
         """Nothing queued, running or waiting to retry."""
@@ -1228,11 +1243,7 @@ cdef class Ledger:
     # -- tasks --
 
     cdef PoolTask _new_task(self, pool, fn, tuple args, dict kwargs, opts, retry):
-        cdef PoolTask task = PoolTask.__new__(PoolTask)
-        task.future = Future()
-        task.fn = fn
-        task.args = args
-        task.kwargs = kwargs
+        cdef PoolTask task = <PoolTask>_new_item(PoolTask.__new__(PoolTask), fn, args, kwargs)
         task.pool = pool
         task.ledger = self
         task.opts = opts
@@ -1253,29 +1264,21 @@ cdef class Ledger:
         None (and nothing counted or queued) if the pool is closed or the queue is
         full or closed: the caller takes the slow path, which waits or raises."""
         cdef PoolTask task
-        cdef bint sampled
-        cdef int st
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
         task = self._new_task(pool, fn, args, kwargs, None, retry)
         with cython.critical_section(self):
             if self._closed:
                 return None
-            self.c[_SUB] += 1
-            self.c[_QUE] += 1
-            sampled = self.stamps % _EVERY == 0
-            self.stamps += 1
-        if sampled:
+            self._shift(_OUTSIDE, _QUE, -1, None)
+        if self._sampled():
             task.t_queued = c_monotonic()
-        Py_INCREF(task)  # owned by the queue until a worker steals it
-        st = self.queue.q.try_push(<void *>task)
-        if st == OK:
+        if self.queue._try_put(task) == OK:
             # Work waiting for more workers than are idle: one more, if allowed (see
             # WorkQueue.bind_workers).
             if self.queue._short_of_workers(<Py_ssize_t>self.queue.q.size()):
                 pool._adjust_thread_count()
             return task.future
-        Py_DECREF(task)
         if self.move(_QUE, _OUTSIDE):
             pool._check_idle_locked()
         return None
@@ -1313,9 +1316,7 @@ cdef class PoolTask(WorkItem):
             ok = started and not ledger._collecting
             if ok:
                 self.state = _T_RUNNING
-                ledger.c[_QUE] -= 1
-                ledger.c[_RUN] += 1
-                ledger.running.add(self)
+                ledger._shift(_QUE, _RUN, -1, self)
         if not ok:
             self.pool._not_run(self, started)
             return
@@ -1338,9 +1339,7 @@ cdef class PoolTask(WorkItem):
         finally:
             with cython.critical_section(ledger):
                 self.state = _T_DONE
-                ledger.c[_RUN] -= 1
-                ledger.c[_SUC] += 1
-                ledger.running.discard(self)
+                ledger._shift(_RUN, _SUC, -1, self)
                 watch = ledger._watch > 0
             if watch:
                 self.pool._check_idle_locked()
