@@ -446,6 +446,7 @@ class MetricsServer:
 
     @property
     def closed(self) -> bool:
+        """True once `close()` has been called."""
         return self._closing
 
     def __enter__(self) -> MetricsServer:
