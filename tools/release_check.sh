@@ -77,16 +77,21 @@ step "3. twine check --strict"
 "$work/tools/bin/python" -m twine check --strict "$sdist" "$wheel"
 
 step "4. fresh venv, no compiler on PATH, binaries only"
+declare -A seen=()
 nocc="$work/nocc-bin"
 rm -rf "$nocc" && mkdir "$nocc"
+keep=()
 for tool in /usr/bin/* /bin/*; do
-  name=$(basename "$tool")
+  name=${tool##*/}
   case $name in  # compilers, preprocessors, assemblers, linkers: none reachable
     *gcc*|*g++*|cc|c++|*-cc|*-c++|c89*|c99*|cpp*|*-cpp*|*clang*|ld|ld.*|*-ld|*-ld.*|as|*-as|\
     gfortran*|*-gfortran*|rustc|cargo|tcc|icc|icx) continue ;;
   esac
-  [ -e "$nocc/$name" ] || ln -s "$tool" "$nocc/$name"
+  [ -n "${seen[$name]:-}" ] && continue  # /bin is often /usr/bin: first one wins
+  seen[$name]=1
+  keep+=("$tool")
 done
+ln -s "${keep[@]}" "$nocc/"  # one process for the ~1000 links
 "$py" -m venv "$work/clean"
 clean_path="$work/clean/bin:$nocc"
 for cc in cc c++ gcc g++ clang clang++ ld; do
