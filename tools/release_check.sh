@@ -21,7 +21,6 @@
 # test extra), as every CI job does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
 py=${PYTHON:-python3}
 work=${FP_RELEASE_DIR:-$(mktemp -d /tmp/fastpool-release-XXXXXX)}
 tests=${FP_RELEASE_TESTS:-quick}
@@ -55,7 +54,7 @@ mkdir -p "$work/tree"
 git ls-files -z | tar --null --files-from=- -cf - | tar -xf - -C "$work/tree"
 "$work/tools/bin/python" -m build --sdist --outdir "$work/dist" "$work/tree" > "$work/sdist.log"
 sdist=$(ls "$work"/dist/fastpool-*.tar.gz)
-echo "$(basename "$sdist")"
+basename "$sdist"
 "$work/tools/bin/python" tools/check_sdist.py "$sdist"
 
 step "2. wheel from the sdist (isolated build), auditwheel repair"
@@ -67,7 +66,7 @@ tar -xzf "$sdist" -C "$work/sdist"
 PATH="$work/tools/bin:$PATH" auditwheel repair --wheel-dir "$work/wheelhouse" \
   "$work"/wheels/*.whl > "$work/auditwheel.log" 2>&1 || { cat "$work/auditwheel.log"; exit 1; }
 wheel=$(ls "$work"/wheelhouse/fastpool-*.whl)
-echo "$(basename "$wheel")"
+basename "$wheel"
 case $(basename "$wheel") in
   *manylinux*) ;;
   *) echo "auditwheel produced no manylinux wheel: $wheel" >&2; exit 1 ;;
@@ -101,7 +100,7 @@ for cc in cc c++ gcc g++ clang clang++ ld; do
 done
 # --only-binary: a dependency without a wheel fails here instead of being compiled.
 env PATH="$clean_path" CC=false CXX=false \
-  "$work/clean/bin/python" -m pip install -q --no-compile --only-binary :all: "$wheel[test]"
+  "$work/clean/bin/python" -m pip install -q --no-compile --only-binary :all: "${wheel}[test]"
 env PATH="$clean_path" "$work/clean/bin/python" -m pip check
 env PATH="$clean_path" "$work/clean/bin/python" -I -c '
 import fastpool, fastpool._core
