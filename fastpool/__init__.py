@@ -24,6 +24,7 @@ from .stats import Stats
 
 Future = core.Future
 
+# The one place the version is written: pyproject.toml reads it from here (statically).
 __version__ = "0.1.0"
 
 __all__ = [

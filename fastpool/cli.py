@@ -90,9 +90,19 @@ def _port(text: str) -> int:
 
 
 def _version() -> str:
-    core = "native core" if fastpool.NATIVE else "pure-Python core"
+    # What a bug report needs: the version, the core in use and, for the fallback, why
+    # (forced by the environment, or no compiled core in this install). Short: argparse
+    # wraps a version line longer than the terminal.
+    if fastpool.NATIVE:
+        core = "native core"
+    elif os.environ.get("FASTPOOL_NO_EXTENSIONS"):
+        core = "pure-Python core: FASTPOOL_NO_EXTENSIONS"
+    elif sys.implementation.name != "cpython":
+        core = "pure-Python core: not CPython"
+    else:
+        core = "pure-Python core: no compiled core"
     impl = sys.implementation.name
-    return f"fastpool {fastpool.__version__} ({core}, {impl} {sys.version.split()[0]})"
+    return f"fastpool {fastpool.__version__} ({core}; {impl} {sys.version.split()[0]})"
 
 
 def build_parser() -> argparse.ArgumentParser:
