@@ -267,15 +267,22 @@ _REFUSED = _response("503 Service Unavailable", b"too many connections\n")
 
 
 class _Connection:
-    """One accepted connection: its request so far, then its response still to send."""
+    """One accepted connection: reading its request, writing its response, then draining.
 
-    __slots__ = ("sock", "deadline", "request", "reply")
+    Draining: the response is sent and our side shut down; what the client still sends is
+    read and dropped until it closes. Closing at once could leave its unread bytes in our
+    buffer, and the kernel would then reset the connection, which can destroy the
+    response before the client reads it (the "lingering close" of HTTP servers).
+    """
+
+    __slots__ = ("sock", "deadline", "request", "reply", "draining")
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
         self.deadline = deadline
         self.request = bytearray()
         self.reply: memoryview | None = None  # None while the request is being read
+        self.draining = False
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -310,7 +317,8 @@ class MetricsServer:
       a response never blocks it, so a connection costs a socket, not a thread. At most
       `max_connections` are open: a new one over the bound closes the oldest connection
       still waiting for its request (an idle client cannot lock scrapers out), or, when
-      every connection is being answered, is answered 503 at once.
+      every connection is being answered, is answered 503 at once. A connection whose
+      response is sent lingers until the client closes it (or it is needed: it goes first).
     - A connection is closed `idle_timeout` seconds after it was accepted if its exchange
       is not over, idle or slow alike (a scrape takes milliseconds). inf: no limit.
     - Each response closes its connection (Prometheus reconnects for each scrape).
@@ -464,8 +472,12 @@ class MetricsServer:
                         self._accept()
                     elif key.fileobj is self._wake_recv:
                         pass  # the loop condition says why
-                    else:
-                        self._step(key.data)
+                    elif self._conns.get(key.data.sock) is key.data:  # not dropped meanwhile
+                        try:
+                            self._step(key.data)
+                        except Exception:  # a bug here must cost one connection, not all
+                            LOGGER.exception("fastpool metrics server: connection failed")
+                            self._drop(key.data)
                 self._expire()
         finally:
             for conn in list(self._conns.values()):
@@ -486,22 +498,36 @@ class MetricsServer:
                 time.sleep(0.05)
                 return
             sock.setblocking(False)
-            if len(self._conns) >= self._max_connections:
-                # The oldest connection still waiting for its request goes: an idle client
-                # must not lock scrapers out. Only when all are being answered is the new
-                # one refused (nothing read, no thread: a 503 if the socket takes it).
-                idle = next((c for c in self._conns.values() if c.reply is None), None)
-                if idle is None:
-                    try:
-                        sock.send(_REFUSED)
-                    except OSError:
-                        pass
-                    sock.close()
-                    continue
-                self._drop(idle)
+            if len(self._conns) >= self._max_connections and not self._make_room():
+                # Every connection is being answered: refuse this one without a thread,
+                # with a 503 if its buffer takes it, after reading what it already sent
+                # (unread bytes would turn the close into a reset that can lose the 503).
+                try:
+                    sock.recv(65536)
+                except OSError:
+                    pass
+                try:
+                    sock.send(_REFUSED)
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                sock.close()
+                continue
             conn = _Connection(sock, time.monotonic() + self._idle_timeout)
             self._conns[sock] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _make_room(self) -> bool:
+        """Close one connection for a new one: the oldest that has had its response, else
+        the oldest still waiting for its request (an idle client must not lock scrapers
+        out). False if every connection is being answered."""
+        conns = self._conns.values()
+        victim = (next((c for c in conns if c.draining), None)
+                  or next((c for c in conns if c.reply is None), None))
+        if victim is None:
+            return False
+        self._drop(victim)
+        return True
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -512,13 +538,18 @@ class MetricsServer:
             self._drop(oldest)
 
     def _drop(self, conn: _Connection) -> None:
-        del self._conns[conn.sock]
+        if self._conns.pop(conn.sock, None) is None:
+            return
         self._selector.unregister(conn.sock)
         conn.sock.close()
 
     def _step(self, conn: _Connection) -> None:
         """Read from or write to a ready connection; never blocks."""
         try:
+            if conn.draining:
+                if not conn.sock.recv(65536):  # the client closed: the exchange is over
+                    self._drop(conn)
+                return
             if conn.reply is None:
                 data = conn.sock.recv(65536)
                 if not data:  # the client went away before asking
@@ -532,13 +563,16 @@ class MetricsServer:
                     reply = _response("431 Request Header Fields Too Large")
                 else:
                     return
+                conn.request = bytearray()
                 conn.reply = memoryview(reply)
                 self._selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
             # Written at once, usually: a response is smaller than a socket's buffer.
             sent = conn.sock.send(conn.reply)
             conn.reply = conn.reply[sent:]
             if not conn.reply:
-                self._drop(conn)
+                conn.draining = True
+                conn.sock.shutdown(socket.SHUT_WR)
+                self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
         except (BlockingIOError, InterruptedError):
             pass  # not ready after all: the selector says when
         except OSError:  # reset by the client, say

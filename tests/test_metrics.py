@@ -8,14 +8,21 @@ per name, whatever the number of pools).
 from __future__ import annotations
 
 import gc
+import gzip
+import http.client
+import math
+import socket
+import threading
+import time
 import weakref
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastpool import Pool, Retry, Stats
-from fastpool.metrics import PoolCollector, register, unregister
+from fastpool.metrics import MetricsServer, PoolCollector, register, unregister
 from pool_support import fail, gate, make_pool, ok, wait_until  # noqa: F401  (fixtures)
 
 COUNTERS = ("submitted", "succeeded", "failed", "cancelled", "not_started", "retried",
@@ -33,7 +40,11 @@ def registry() -> CollectorRegistry:
 
 def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of the text exposition, parsed back: {(name, labels): value}."""
-    text = generate_latest(registry).decode()
+    return parse(generate_latest(registry))
+
+
+def parse(exposition: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = exposition.decode()
     names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
     assert len(names) == len(set(names)), text  # one family per name, or Prometheus rejects it
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -236,6 +247,338 @@ def test_import_fastpool_does_not_import_prometheus(run_py):
 
 def test_missing_extra_names_it(run_py):
     proc = run_py("import sys; sys.modules['prometheus_client'] = None\n"
-                  "import fastpool.metrics")
+                  "from fastpool.metrics import MetricsServer")
     assert proc.returncode != 0
     assert "pip install 'fastpool[metrics]'" in proc.stderr, proc
+
+
+# --- MetricsServer: /metrics over HTTP ---------------------------------------------------
+# Loopback only; every wait is bounded (client sockets time out after TIMEOUT s).
+
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+def serve():
+    """serve(...) -> MetricsServer, closed at the end of the test."""
+    servers: list[MetricsServer] = []
+
+    def make(*args, **kwargs) -> MetricsServer:
+        server = MetricsServer(*args, **kwargs)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def request(server, path="/metrics", method="GET", headers=None):
+    """(status, {lowercase header: value}, body) of one request to `server`."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=TIMEOUT)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def connect(server) -> socket.socket:
+    return socket.create_connection((server.host, server.port), timeout=TIMEOUT)
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    """What the server sends until it closes (a reset counts as a close)."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def raw(server, data: bytes) -> bytes:
+    with connect(server) as sock:
+        sock.sendall(data)
+        return read_to_eof(sock)
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Has the server closed this connection (without sending anything)? Does not wait."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        sock.settimeout(TIMEOUT)
+
+
+def test_server_binds_loopback_by_default(serve):
+    server = serve()
+    # The old `fastpool run --metrics-port` server bound 0.0.0.0 (every interface).
+    assert server.host == "127.0.0.1"
+    assert 0 < server.port < 65536  # port=0: a free one, reported
+    assert server.url == f"http://127.0.0.1:{server.port}/metrics"
+    assert repr(server) == f"<MetricsServer {server.url}>"
+    assert request(server)[0] == 200
+
+
+def test_server_ipv6(serve):
+    try:
+        server = serve(host="::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    assert server.host == "::1"
+    assert server.url == f"http://[::1]:{server.port}/metrics"
+    assert request(server)[0] == 200
+
+
+def test_server_resolves_its_host(serve):
+    server = serve(host="localhost")
+    assert server.host in ("127.0.0.1", "::1")  # the address bound, not the name
+    assert request(server)[0] == 200
+
+
+def test_server_serves_the_pools_added(make_pool, serve):
+    server = serve()
+    pool = make_pool(2, name="served")
+    server.add(pool)
+    for f in [pool.submit(ok, i) for i in range(3)]:
+        f.result(15)
+    s = settled(pool)
+    status, headers, body = request(server)
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert int(headers["content-length"]) == len(body)
+    assert headers["connection"] == "close"
+    assert parse(body) == expected("served", s)
+    # HEAD: the same headers, no body.
+    status, head_headers, head_body = request(server, method="HEAD")
+    assert (status, head_body) == (200, b"")
+    assert head_headers["content-length"] == headers["content-length"]
+    # A query string is allowed; name[] selects families as prometheus_client does.
+    status, _, body = request(server, "/metrics?x=1&name[]=fastpool_workers")
+    assert status == 200
+    assert parse(body) == {("fastpool_workers", (("pool", "served"),)): s.workers}
+    server.remove(pool)
+    assert b"fastpool_" not in request(server)[2]
+    with pytest.raises(ValueError, match="not registered"):
+        server.remove(pool)
+
+
+def test_server_serves_metrics_path_only(serve):
+    server = serve()
+    # The old server answered any path (and any HEAD with 501).
+    for path in ("/", "/metricsx", "/metrics/", "/other/metrics", "//metrics", "/favicon.ico"):
+        status, _, body = request(server, path)
+        assert (status, body) == (404, b"metrics are on /metrics\n"), path
+    for method in ("POST", "PUT", "DELETE", "OPTIONS"):
+        status, headers, _ = request(server, method=method)
+        assert (status, headers["allow"]) == (405, "GET, HEAD"), method
+
+
+def test_server_content_negotiation(make_pool, serve):
+    server = serve()
+    server.add(make_pool(1, name="neg"))
+    status, headers, body = request(
+        server, headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert status == 200
+    assert headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert body.endswith(b"# EOF\n")
+    status, headers, body = request(server, headers={"Accept-Encoding": "gzip"})
+    assert (status, headers["content-encoding"]) == (200, "gzip")
+    assert parse(gzip.decompress(body)) == parse(request(server)[2])
+
+
+def test_server_bad_requests(serve):
+    server = serve()
+    assert raw(server, b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert raw(server, b"GET /metrics HTTP/1.1\r\nno colon\r\n\r\n").startswith(
+        b"HTTP/1.1 400 ")
+    # A head that never ends is refused once too long, not buffered without end; the
+    # response is not lost although the server stopped reading.
+    assert raw(server, b"GET /metrics HTTP/1.1\r\nX: " + b"y" * 40000).startswith(
+        b"HTTP/1.1 431 ")
+    assert raw(server, b"GET /metrics HTTP/1.0\n\n").startswith(b"HTTP/1.1 200 OK\r\n")
+    assert request(server)[0] == 200
+
+
+def test_idle_connections_hold_no_thread(serve):
+    server = serve(max_connections=16)
+    assert request(server)[0] == 200
+    threads = threading.active_count()
+    idle = []
+    try:
+        for i in range(200):
+            sock = connect(server)
+            if i % 2:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # half a request
+            idle.append(sock)
+        # The old server: a thread per open connection (204 threads for 200).
+        assert threading.active_count() == threads
+        # Scrapes are served while they are open (each takes an idle one's place)...
+        for _ in range(3):
+            assert request(server)[0] == 200
+        # ... and at most max_connections of them are kept open.
+        wait_until(lambda: sum(closed_by_server(sock) for sock in idle) >= 200 - 16,
+                   what="connections over the bound to be closed")
+        assert threading.active_count() == threads
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+class Big:
+    """A collector whose exposition is far larger than the sockets' buffers."""
+
+    def collect(self):
+        yield GaugeMetricFamily("big", "x" * (16 << 20), value=1)
+
+
+def test_server_refuses_promptly_when_every_connection_is_answered(serve):
+    registry = CollectorRegistry()
+    registry.register(Big())
+    server = serve(registry=registry, max_connections=1, idle_timeout=2.0)
+    threads = threading.active_count()
+    # A client that reads nothing: its 16 MB response keeps the only connection busy.
+    slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.settimeout(TIMEOUT)
+    with slow:
+        slow.connect((server.host, server.port))
+        slow.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+        slow.recv(1)  # the response has started
+        with connect(server) as refused:
+            # The old server started a thread and answered 200.
+            assert read_to_eof(refused).startswith(b"HTTP/1.1 503 ")
+        assert threading.active_count() == threads
+        # The slow reader is cut off at idle_timeout: the connection is free again.
+        wait_until(lambda: closed_by_server(slow) or raw(server, b"GET /x HTTP/1.1\r\n\r\n")
+                   .startswith(b"HTTP/1.1 404 "), what="the slow reader to be cut off")
+
+
+def test_idle_and_slow_connections_time_out(serve):
+    server = serve(idle_timeout=0.5)
+    start = time.monotonic()
+    with connect(server) as idle, connect(server) as slow:
+        # The slow client keeps sending, one byte at a time: it is cut off all the same.
+        # (The old server kept both open, and their threads, for as long as they liked.)
+        for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"y" * 200:
+            try:
+                slow.send(bytes([byte]))
+            except OSError:
+                break
+            if closed_by_server(slow):
+                break
+            time.sleep(0.05)
+        assert closed_by_server(slow)
+        assert read_to_eof(idle) == b""  # closed without a word
+    assert time.monotonic() - start < 0.5 + 5
+    assert request(server)[0] == 200
+
+
+def test_no_idle_limit(serve):
+    server = serve(idle_timeout=math.inf)
+    with connect(server) as idle:
+        assert request(server)[0] == 200
+        time.sleep(0.2)
+        assert not closed_by_server(idle)
+
+
+def test_server_close_frees_port_and_thread(make_pool, serve):
+    registry = CollectorRegistry()
+    server = MetricsServer(registry=registry)
+    port = server.port
+    name = f"fastpool-metrics-{port}"
+    assert [t.name for t in threading.enumerate()].count(name) == 1
+    pool = make_pool(1, name="closing")
+    server.add(pool)
+    assert registry.get_sample_value("fastpool_workers", {"pool": "closing"}) == 0
+    with server, connect(server) as pending:
+        assert request(server)[0] == 200
+        with server:  # the context manager closes; close() again does nothing
+            pass
+        server.close()
+        assert server.closed and repr(server).endswith(" closed>")
+        assert name not in [t.name for t in threading.enumerate()]
+        assert read_to_eof(pending) == b""  # open connections are closed with it
+    with pytest.raises(ConnectionRefusedError):
+        connect(server)
+    # Its pools leave the registry with it; the port and the registry are free again.
+    assert registry.get_sample_value("fastpool_workers", {"pool": "closing"}) is None
+    again = serve(port, registry=registry)
+    again.add(pool)
+    assert again.port == port
+    assert parse(request(again)[2]) == expected("closing", settled(pool))
+
+
+def test_server_cannot_bind(serve):
+    server = serve()
+    threads = threading.active_count()
+    with pytest.raises(OSError, match=f"cannot serve metrics on host '127.0.0.1' port "
+                                      f"{server.port}: "):
+        MetricsServer(server.port)
+    with pytest.raises(OSError, match="cannot serve metrics on host '192.0.2.1'"):
+        MetricsServer(host="192.0.2.1")  # TEST-NET: no interface has it
+    assert threading.active_count() == threads
+
+
+class Broken:
+    def collect(self):
+        raise RuntimeError("boom")
+
+
+def test_server_survives_a_failing_collector(serve, caplog):
+    registry = CollectorRegistry()
+    broken = Broken()
+    registry.register(broken)
+    server = serve(registry=registry)
+    status, _, body = request(server)
+    assert (status, body) == (500, b"collecting the metrics failed\n")
+    assert "collecting the metrics failed" in caplog.text and "boom" in caplog.text
+    registry.unregister(broken)
+    assert request(server)[0] == 200
+
+
+def test_concurrent_scrapes(make_pool, serve):
+    server = serve(max_connections=16)
+    pool = make_pool(1, name="busy")
+    server.add(pool)
+    threads = threading.active_count()
+    results: list[int] = []
+
+    def scrapes() -> None:
+        for _ in range(25):
+            status, _, body = request(server)
+            results.append(status if b'fastpool_workers{pool="busy"}' in body else -status)
+
+    clients = [threading.Thread(target=scrapes) for _ in range(8)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join(60)
+    assert results == [200] * 200
+    assert threading.active_count() == threads
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"port": -1}, ValueError), ({"port": 65536}, ValueError), ({"port": True}, TypeError),
+    ({"port": "9100"}, TypeError), ({"port": 9100.0}, TypeError),
+    ({"host": None}, TypeError), ({"host": b"127.0.0.1"}, TypeError),
+    ({"registry": object()}, TypeError),
+    ({"max_connections": 0}, ValueError), ({"max_connections": 1.5}, TypeError),
+    ({"max_connections": True}, TypeError),
+    ({"idle_timeout": 0}, ValueError), ({"idle_timeout": -1.0}, ValueError),
+    ({"idle_timeout": math.nan}, ValueError), ({"idle_timeout": True}, TypeError),
+    ({"idle_timeout": "1"}, TypeError), ({"idle_timeout": None}, TypeError),
+])
+def test_server_bad_arguments(kwargs, error):
+    threads = threading.active_count()
+    with pytest.raises(error):
+        MetricsServer(**kwargs)
+    assert threading.active_count() == threads
