@@ -472,12 +472,8 @@ class MetricsServer:
                         self._accept()
                     elif key.fileobj is self._wake_recv:
                         pass  # the loop condition says why
-                    elif self._conns.get(key.data.sock) is key.data:  # not dropped meanwhile
-                        try:
-                            self._step(key.data)
-                        except Exception:  # a bug here must cost one connection, not all
-                            LOGGER.exception("fastpool metrics server: connection failed")
-                            self._drop(key.data)
+                    else:
+                        self._ready(key.data)
                 self._expire()
         finally:
             for conn in list(self._conns.values()):
@@ -542,6 +538,16 @@ class MetricsServer:
             return
         self._selector.unregister(conn.sock)
         conn.sock.close()
+
+    def _ready(self, conn: _Connection) -> None:
+        # An earlier event of the same round may have dropped it (to make room, say).
+        if self._conns.get(conn.sock) is not conn:
+            return
+        try:
+            self._step(conn)
+        except Exception:  # a bug here must cost one connection, not the server
+            LOGGER.exception("fastpool metrics server: connection failed")
+            self._drop(conn)
 
     def _step(self, conn: _Connection) -> None:
         """Read from or write to a ready connection; never blocks."""

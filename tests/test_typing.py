@@ -30,7 +30,7 @@ import asyncio
 from concurrent.futures import Future, as_completed
 
 from fastpool import CancelToken, Pool, Retry, ShutdownReport, Stats, ThreadPoolExecutor
-from fastpool.metrics import PoolCollector, register, unregister
+from fastpool.metrics import MetricsServer, PoolCollector, register, unregister
 from prometheus_client import CollectorRegistry
 
 
@@ -58,6 +58,12 @@ with Pool(1, name="typed") as mpool:
     pools: dict[str, Pool] = collector.pools
     value: float | None = registry.get_sample_value("fastpool_workers", {"pool": "typed"})
     unregister(mpool, registry)
+    with MetricsServer(0, "127.0.0.1", max_connections=4, idle_timeout=2.5) as server:
+        server.add(mpool, name="served")
+        url: str = server.url
+        port: int = server.port
+        served: CollectorRegistry = server.registry
+        server.remove(mpool)
 
 report: ShutdownReport = Pool(1).shutdown(timeout=1.0)
 print(report.completed, [t.key for t in report.not_started])
