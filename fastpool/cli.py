@@ -1,8 +1,10 @@
 """The `fastpool` command line: `run`, `bench`, `demo` and `--version`.
 
 `main(argv)` returns the exit code: 0 success, 1 some records dead-lettered (`run`),
-2 bad usage (argparse's convention; never a traceback for a user's mistake), 128+signal
-for an interrupted `run`.
+2 bad usage (argparse's convention; never a traceback for a user's mistake), 3 internal
+error of `run` (every unfinished record saved), 128+signal for an interrupted `run`.
+This module parses, dispatches and owns the process (signal handlers, the exit); the
+`run` engine is fastpool.run.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import math
 import os
 import signal
 import sys
-from typing import Any, Callable
+import threading
+from typing import Any, Callable, NoReturn
 
 import fastpool
 
@@ -24,27 +27,40 @@ records:
   --format jsonl (default): one JSON value per line, passed to FUNC as the parsed value;
   results are written as JSON lines. Blank lines are skipped. --format lines: each line
   (without its newline) is passed as a str; results are written with str().
-  INPUT and -o may be - for stdin/stdout.
+  INPUT and -o may be - for stdin/stdout. FUNC must accept one positional argument.
 
 where every record ends up (exactly one place):
   OUT          the result, in input order
-  DEAD_LETTER  records that failed after their last attempt (or are not valid JSON), one
-               JSON object per line: {"line": N, "record": ..., "error": "...", "attempts": K}
+  DEAD_LETTER  records that failed after their last attempt (or are not valid JSON, or
+               longer than --max-line-bytes), one JSON object per line:
+               {"line": N, "record": ..., "error": "...", "attempts": K}
                (default OUT.dead-letter.jsonl, or fastpool.dead-letter.jsonl with -o -)
-  UNPROCESSED  only after an interruption: the raw input lines of every record that did
-               not finish, in input order (default OUT.unprocessed, or fastpool.unprocessed)
+  UNPROCESSED  only after an interruption or internal error: the raw input lines of
+               every record that did not finish, in input order (default
+               OUT.unprocessed, or fastpool.unprocessed)
+  Every path is checked before the first record; none may name INPUT or another.
+
+resuming (INPUT and OUT regular files): the run keeps OUT.journal, a checkpoint per
+  second (input offset, OUT and DEAD_LETTER sizes, fsync'd). After any interruption
+  (Ctrl-C, SIGTERM, SIGKILL, power loss) rerun the same command with --resume: OUT and
+  DEAD_LETTER are cut back to the last checkpoint and the run carries on from there,
+  ending byte for byte as an uninterrupted run (FUNC deterministic). Records after the
+  checkpoint run again: delivery is at-least-once. Input from a pipe cannot be resumed.
 
 interruption (SIGINT/Ctrl-C or SIGTERM): no new record is started; records already
   running (or waiting for a retry) get --grace seconds to finish and are written to OUT
   or DEAD_LETTER; everything else, including the rest of a regular INPUT file, goes to
-  UNPROCESSED. To resume, run the same command on UNPROCESSED with a new -o and append
-  that output to OUT. A second signal stops waiting at once (records still running then
-  go to UNPROCESSED too and may have had side effects: delivery is at-least-once). With
-  INPUT from a pipe, lines not yet read stay in the pipe; the summary on stderr says how
-  many lines were read.
+  UNPROCESSED (or use --resume). A second signal stops waiting at once. With INPUT
+  from a pipe, lines not yet read stay in the pipe; the summary says how many were read.
 
-exit status: 0 all records succeeded, 1 some were dead-lettered, 2 bad arguments,
-  128+N interrupted by signal N (130 for SIGINT, 143 for SIGTERM).
+retries: --retries K runs a failed record up to K more times, after --backoff S,
+  doubling; a record waiting for its retry holds no worker and does not hold back the
+  records after it. --retry-on NAME[,NAME] retries only exceptions one of whose classes
+  (along the MRO) is called NAME, or has the dotted path NAME (module.QualName).
+
+exit status: 0 all records succeeded; 1 some failed (all in DEAD_LETTER); 2 bad
+  arguments; 3 internal error (every unfinished record in UNPROCESSED); 128+N
+  interrupted by signal N (130 SIGINT, 143 SIGTERM).
 """
 
 
@@ -80,14 +96,32 @@ def _port(text: str) -> int:
     return port
 
 
+def _retry_on(text: str) -> Any:
+    from .run import retry_on_names
+
+    try:
+        return retry_on_names(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _version() -> str:
     core = "native core" if fastpool.NATIVE else "pure-Python core"
     impl = sys.implementation.name
     return f"fastpool {fastpool.__version__} ({core}, {impl} {sys.version.split()[0]})"
 
 
+class _Parser(argparse.ArgumentParser):
+    """A command's usage error is one line (the top level still shows its usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        if self.prog == "fastpool":
+            super().error(message)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastpool",
+    parser = _Parser(prog="fastpool",
                                      description="A fast worker pool for Python.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -108,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="worker threads (default: as ThreadPoolExecutor, min(32, cpus + 4))")
     run.add_argument("--retries", type=_non_negative_int, default=0, metavar="K",
                      help="retries after a failed first attempt (default 0)")
+    run.add_argument("--retry-on", type=_retry_on, default=None, metavar="NAME[,NAME]",
+                     help="retry only these exception types, by class name or dotted "
+                          "path, subclasses included (default: any Exception)")
     run.add_argument("--backoff", type=_non_negative_float, default=0.1, metavar="S",
                      help="seconds before the first retry, doubling each time, +-10%% "
                           "jitter (default 0.1)")
@@ -117,18 +154,31 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where failed records go (see below)")
     run.add_argument("--unprocessed", default=None, metavar="FILE",
                      help="where an interrupted run leaves unfinished records (see below)")
-    run.add_argument("--progress", action="store_true", help="show progress on stderr")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="show progress on stderr (default: when stderr is a terminal; "
+                          "uses tqdm if installed: pip install 'fastpool[progress]')")
     run.add_argument("--format", choices=("jsonl", "lines"), default="jsonl",
                      help="record format of INPUT and OUT (default jsonl)")
     run.add_argument("--in-flight", type=_positive_int, default=None, metavar="N",
-                     help="records read ahead and in flight at most (default 4 x workers)")
+                     help="tasks queued or running at most (default 4 x workers); a task "
+                          "is a batch of records when FUNC is fast")
+    run.add_argument("--max-line-bytes", type=_positive_int, default=None, metavar="N",
+                     help="dead-letter input lines longer than N bytes without keeping "
+                          "them in memory (default: no limit)")
+    run.add_argument("--resume", action="store_true",
+                     help="carry on an interrupted run of the same command from its "
+                          "journal (see below)")
     run.add_argument("--grace", type=_non_negative_float, default=30.0, metavar="S",
                      help="seconds running records get to finish after an interruption "
                           "(default 30)")
     run.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
-                     help="serve Prometheus metrics of the pool on http://HOST:PORT/metrics "
-                          "while running (0: a free port, printed on stderr); needs "
+                     help="serve Prometheus metrics on http://HOST:PORT/metrics while "
+                          "running (0: a free port; the URL is printed on stderr): the "
+                          "pool's and fastpool_run_records_total{outcome}; needs "
                           "pip install 'fastpool[metrics]'")
+    run.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                     help="address the metrics are served on (default 127.0.0.1; "
+                          "0.0.0.0 or :: for every interface)")
     run.set_defaults(handler=_cmd_run, subparser=run)
 
     bench = sub.add_parser(
@@ -156,11 +206,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> None:
+    """The `fastpool` program: main(), then exit with its code.
+
+    A record still running past `run`'s grace period is saved (in UNPROCESSED) but its
+    worker thread would keep the interpreter from exiting: then leave at once."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate()
+           if t is not threading.main_thread()):
+        os._exit(code)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, a usage error: the code, as promised
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.handler(parser, args))
+    except SystemExit as exc:  # a usage error found by a command
+        return exc.code if isinstance(exc.code, int) else 2
     except KeyboardInterrupt:
         # Only reached outside `run` (which handles its own signals): quiet, like Python.
         print(file=sys.stderr)
@@ -290,6 +359,70 @@ def _cmd_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def _cmd_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .run import cmd_run
+    from . import run
 
-    return cmd_run(parser, args)
+    args.metrics = None
+    runner = None
+    try:
+        func = run.load_function(args.target)
+        run.check_signature(func, args.target)
+        if args.metrics_port is not None:
+            args.metrics = _metrics_server(args.metrics_port, args.metrics_host)
+        runner = run.Runner(args, func)
+        runner.prepare()
+    except run.UsageError as exc:
+        if args.metrics is not None:
+            args.metrics.close()
+        args.subparser.error(str(exc))
+    assert runner is not None
+    if args.metrics is not None:
+        args.metrics.registry.register(_RecordCollector(runner))
+    old = {}
+    if threading.current_thread() is threading.main_thread():  # main() may run elsewhere
+        for signame in ("SIGINT", "SIGTERM"):
+            if hasattr(signal, signame):
+                sig = getattr(signal, signame)
+                old[sig] = signal.signal(sig, lambda signum, frame: runner.interrupt(signum))
+    try:
+        return runner.run()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if args.metrics is not None:
+            args.metrics.close()
+
+
+def _metrics_server(port: int, host: str) -> Any:
+    from .run import UsageError
+
+    try:
+        from .metrics import MetricsServer
+    except ImportError as exc:  # names the extra to install
+        raise UsageError(f"--metrics-port: {exc}") from None
+    try:
+        server = MetricsServer(port, host)
+    except (OSError, ValueError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise UsageError(f"cannot serve metrics on port {port} of {host}: {detail}") from None
+    print(f"fastpool run: metrics on {server.url}", file=sys.stderr, flush=True)
+    return server
+
+
+class _RecordCollector:
+    """fastpool_run_records_total{outcome}: the run's records, counted where they end
+    (the pool's own metrics count its tasks, batches of records)."""
+
+    def __init__(self, runner: Any) -> None:
+        self._runner = runner
+
+    def collect(self) -> Any:
+        from prometheus_client.metrics_core import CounterMetricFamily
+
+        r = self._runner
+        family = CounterMetricFamily("fastpool_run_records",
+                                     "fastpool run: input records by where they ended",
+                                     labels=["outcome"])
+        for outcome, value in (("succeeded", r.ok), ("failed", r.failed),
+                               ("unprocessed", r.unprocessed_count), ("blank", r.blank)):
+            family.add_metric([outcome], value)
+        yield family
