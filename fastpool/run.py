@@ -602,9 +602,14 @@ class _Progress:
             except ImportError:
                 pass
             else:
+                try:  # a terminal that reports no size (0 columns): tqdm shows nothing
+                    sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+                except OSError:
+                    sized = False
                 self._bar = tqdm(total=total_bytes, initial=start_bytes, unit="B",
                                  unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                                 desc="fastpool run", leave=False, dynamic_ncols=True)
+                                 desc="fastpool run", leave=False, dynamic_ncols=sized,
+                                 ncols=None if sized else shutil.get_terminal_size().columns)
 
     def update(self, offset: int, ok: int, failed: int, pending: int,
                final: bool = False) -> None:
@@ -617,15 +622,14 @@ class _Progress:
             self._bar.set_postfix_str(f"{ok} ok, {failed} failed", refresh=False)
             return
         took = max(now - self._started, 1e-9)
-        text = (f"fastpool run: {ok + failed} done, {ok} ok, {failed} failed, "
-                f"{pending} in flight, {(ok + failed) / took:.0f} rec/s")
+        text = "fastpool run: "  # what matters most first: a narrow terminal cuts the end
         if self._total:
-            frac = min(1.0, offset / self._total)
             speed = (offset - self._start_bytes) / took
-            eta = (self._total - offset) / speed if speed > 0 else None
-            text += f", {frac:.0%}"
-            if eta is not None and not final:
-                text += f", ETA {_clock(eta)}"
+            text += f"{min(1.0, offset / self._total):.0%}, "
+            if speed > 0 and not final:
+                text += f"ETA {_clock((self._total - offset) / speed)}, "
+        text += (f"{ok} ok, {failed} failed, {pending} in flight, "
+                 f"{(ok + failed) / took:.0f} rec/s")
         if self.tty:
             width = shutil.get_terminal_size().columns - 1
             text = text[:width]
@@ -766,8 +770,10 @@ class Runner:
         try:
             header, last, good = Journal.read(path)
         except FileNotFoundError:
-            raise UsageError(f"cannot resume: no journal {path!r} (the first run must "
-                             "write to the same -o FILE)") from None
+            # Interrupted before it wrote its journal: nothing was committed yet.
+            print(f"fastpool run: no journal {path!r}: starting from the beginning",
+                  file=sys.stderr)
+            return 0, 0, 0, 0, None
         except OSError as exc:
             raise UsageError(f"cannot resume: {exc.strerror}: {path!r}") from None
         if header is None:  # killed before the header was on disk: nothing was written
