@@ -27,6 +27,7 @@ import argparse
 import importlib
 import importlib.util
 import inspect
+import itertools
 import json
 import os
 import select
@@ -38,7 +39,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from typing import IO, Any, Callable, NamedTuple
+from typing import IO, Any, Callable, Iterator, NamedTuple
 
 import fastpool
 
@@ -172,7 +173,7 @@ class _Failed(NamedTuple):
 class _LongLine(bytes):
     """The first bytes of a line over --max-line-bytes (the rest was never kept)."""
 
-    size: int
+    size: int = 0
 
 
 _SKIP = object()  # a blank line in jsonl: no record
@@ -263,6 +264,17 @@ class Batch:
         self.future: Future[Any] | None = None
         self.pos = 0                   # lines[:pos] are written
         self.seconds = 0.0             # time the batch ran, for the adaptive size
+
+
+def _pending(batch: Batch) -> bool:
+    """Whether some record of `batch` not written yet is running or waiting to."""
+    fut = batch.future
+    if fut is None:
+        return False
+    if not fut.done():
+        return True
+    return any(type(r) is _Retrying and not r.future.done()
+               for r in itertools.islice(batch.results, batch.pos, None))
 
 
 # -- input -----------------------------------------------------------------------------
@@ -386,39 +398,36 @@ class LineReader:
         parts.append(tail)
         return b"".join(parts)
 
-    def rest(self, deadline: float, abort: threading.Event) -> tuple[list[bytes], bool]:
-        """What is left of the input, to save: (pieces, complete).
+    def rest(self, deadline: float, abort: threading.Event) -> Iterator[bytes]:
+        """What is left of the input, to save, in pieces.
 
         The buffered lines, then: from a regular file the unread rest; from a pipe the
         rest of a line begun (read a byte at a time, so not a byte past its newline is
-        taken from the pipe) until `deadline` or `abort`. complete is False when a pipe
-        left a line unfinished: its start is the last piece.
+        taken from the pipe) until `deadline` or `abort`. Afterwards `torn` is True when
+        a pipe left a line unfinished (its start was the last piece).
         """
-        pieces: list[bytes] = []
-        if self._parts:
-            pieces.extend(self._parts)
-            self._parts, self._part_len = [], 0
-        pieces.append(self._chunk[self._pos:])
-        self._chunk, self._pos = b"", 0
+        self.torn = False
+        head = b"".join(self._parts) + self._chunk[self._pos:]
+        self._parts, self._part_len, self._chunk, self._pos = [], 0, b"", 0
+        yield head
         if self._eof:
-            return pieces, True
+            return
         if self.regular:
             while data := os.read(self._fd, _CHUNK):
-                pieces.append(data)
-            return pieces, True
-        tail = next((p for p in reversed(pieces) if p), b"")
-        if not tail or tail.endswith(b"\n"):
-            return pieces, True
+                yield data
+            return
+        if not head or head.endswith(b"\n"):
+            return
         while time.monotonic() < deadline and not abort.is_set():
             if self._pollable and not select.select([self._fd], [], [], 0.1)[0]:
                 continue
             byte = os.read(self._fd, 1)
             if not byte:
-                return pieces, True  # end of input: a last line without newline
-            pieces.append(byte)
+                return  # end of input: a last line without newline
+            yield byte
             if byte == b"\n":
-                return pieces, True
-        return pieces, False
+                return
+        self.torn = True
 
 
 # -- output ----------------------------------------------------------------------------
@@ -442,6 +451,7 @@ class _Sink:
         self.size = 0
         self._f: Any = None
         if stdout:
+            sys.stdout.flush()  # anything printed before goes first
             self._f = open(sys.stdout.fileno(), "wb", buffering=0, closefd=False)
             self.path = "<stdout>"
         elif append_at is not None:
@@ -827,14 +837,15 @@ class Runner:
                     not isinstance(exc, _Unserializable) and matches(exc))
             policy = fastpool.Retry(attempts=args.retries + 1, backoff=args.backoff,
                                     retry_on=retry_on)
-        self.pool = pool = fastpool.Pool(args.workers, retry=policy, rate_limit=args.rate,
+        # No default retry: a batch never fails (it catches per record); only a failed
+        # record's own task carries the policy.
+        self.pool = pool = fastpool.Pool(args.workers, rate_limit=args.rate,
                                          name="fastpool-run")
         if args.metrics is not None:
             args.metrics.add(pool)
         self._policy = policy
         self._encode = _encode_json if self.jsonl else _encode_line
         self.in_flight = args.in_flight or 4 * pool.workers
-        self._batch = 1
         self._per_record = 0.0
         self._submitted = 0
         self._finished = 0  # batches settled (callbacks in workers: under _count_lock)
@@ -846,8 +857,6 @@ class Runner:
         self.started = time.monotonic()
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         self.progress = _Progress(self.total_bytes, self.reader.offset) if show else None
-        if args.rate:  # a record per task: the rate limit counts records
-            self._batch = 1
         try:
             self._loop()
         except BaseException as exc:  # a bug of ours, or a file we cannot write
@@ -899,17 +908,14 @@ class Runner:
             if self._write_done():
                 continue
             if deadline is not None and (time.monotonic() >= deadline
-                                         or window[0].future is None
-                                         or window[0].future.cancelled()):
-                break
+                                         or not any(map(_pending, window))):
+                break  # past the grace period, or nothing left that may still finish
             wake.wait(0.1)
 
     def _batch_size(self) -> int:
-        if self.args.rate:
-            return 1
         per = self._per_record
-        if per <= 0:
-            return self._batch
+        if per <= 0 or self.args.rate:  # unknown yet; or the rate limit counts records
+            return 1
         return max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / per)))
 
     def _submit(self, batch: Batch) -> None:
@@ -949,7 +955,7 @@ class Runner:
                 break  # interrupted: start no new record; the rest stays None
             if type(raw) is _LongLine:
                 results[i] = _Failed(
-                    f"line of {raw.size} bytes exceeds --max-line-bytes "  # type: ignore[attr-defined]
+                    f"line of {raw.size} bytes exceeds --max-line-bytes "
                     f"{self.args.max_line_bytes}", raw.decode("utf-8", "replace"), 0)
                 continue
             if jsonl:
@@ -971,24 +977,23 @@ class Runner:
                 record = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
             try:
                 value = func(record)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: the record's failure
                 results[i] = self._failed(record, exc, first + i)
                 continue
             try:
                 results[i] = encode(value)
-            except Exception as exc:
+            except BaseException as exc:
                 results[i] = _Failed("cannot serialize the result: " + _error_text(exc),
                                      record, 1)
         batch.seconds = time.perf_counter() - started
 
-    def _failed(self, record: Any, exc: Exception, line_no: int) -> Any:
-        if self._policy is None or not (self.args.retry_on is None
-                                        or self.args.retry_on(exc)):
+    def _failed(self, record: Any, exc: BaseException, line_no: int) -> Any:
+        if self._policy is None or not self._policy.should_retry(exc):
             return _Failed(_error_text(exc), record, 1)
         assert self.pool is not None
         call = _RetryCall(self.func, record, self._encode)
         try:
-            fut = self.pool.schedule(call, key=line_no)
+            fut = self.pool.schedule(call, retry=self._policy, key=line_no)
         except RuntimeError:  # shut down by an interruption: the record is unfinished
             return None
         fut.add_done_callback(self._on_retry_done)
@@ -1194,17 +1199,20 @@ class Runner:
     def _save_rest(self) -> None:
         """The input not read yet, to UNPROCESSED (from a pipe: up to a whole line)."""
         deadline = time.monotonic() + min(self.args.grace, 2.0)
-        pieces, complete = self.reader.rest(deadline, self.abort)
-        data = b"".join(pieces)
-        if not data:
-            return
-        if complete and not data.endswith(b"\n"):
-            data += b"\n"  # the input's last line had none
-        lines = data.count(b"\n") + (not complete)
-        self.unprocessed.write(data, lines)
-        self.unprocessed_count += lines
-        self.reader.lines += lines
-        self._torn_tail = not complete
+        reader = self.reader
+        last = b""
+        for piece in reader.rest(deadline, self.abort):
+            if piece:
+                lines = piece.count(b"\n")
+                self.unprocessed.write(piece, lines)
+                self.unprocessed_count += lines
+                reader.lines += lines
+                last = piece
+        if last and not last.endswith(b"\n"):
+            if not reader.torn:
+                self.unprocessed.write(b"\n", 1)  # the input's last line had none
+            self.unprocessed_count += 1
+            reader.lines += 1
 
     def _show(self) -> None:
         if self.progress is not None:
@@ -1232,7 +1240,7 @@ class Runner:
                          f"{self.unprocessed_path}")
             if not self.reader.regular:
                 parts.append(f"{self.reader.lines} lines were read from the input")
-                if getattr(self, "_torn_tail", False):
+                if getattr(self.reader, "torn", False):
                     parts.append("the last of them is incomplete (no newline came)")
         if self.blank:
             parts.append(f"{self.blank} blank lines skipped")
