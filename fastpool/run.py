@@ -764,13 +764,15 @@ class Runner:
             self.out = _Sink(args.output, lazy=False, stdout=to_stdout,
                              append_at=out_size if args.resume else None)
             self._files.append(self.out)
-            if args.resume and dead_size == 0 and os.path.exists(self.dead_path):
-                os.unlink(self.dead_path)  # as a run without failures so far: no file
+            # A previous run's files would be taken for this run's: a run without
+            # failures (so far, when resuming) has no dead-letter file, and the
+            # unprocessed records of an interrupted run are the ones being resumed.
+            for path, keep in ((self.dead_path, dead_size), (self.unprocessed_path, 0)):
+                if not keep and os.path.isfile(path):
+                    os.unlink(path)
             self.dead = _Sink(self.dead_path, lazy=True,
                               append_at=dead_size if dead_size else None)
             self._files.append(self.dead)
-            if args.resume and os.path.exists(self.unprocessed_path):
-                os.unlink(self.unprocessed_path)  # stale: its records are being resumed
             self.unprocessed = _Sink(self.unprocessed_path, lazy=True)
             self._files.append(self.unprocessed)
         except OSError as exc:

@@ -70,6 +70,12 @@ def typed(r):
 def slowish(r):
     time.sleep(0.002)
     return r
+
+def stuck(r):
+    if r == 2:
+        open("stuck-started", "w").close()
+        time.sleep(60)  # ignores the interruption
+    return r
 '''
 
 
@@ -128,6 +134,16 @@ def test_output_in_a_missing_directory_is_refused_before_any_record(workdir: Pat
     line = _one_line_error(proc)
     assert "no such directory" in line and "missing" in line
     assert not (workdir / "out.jsonl").exists()  # nothing was run nor written
+
+
+def test_a_fresh_run_leaves_no_stale_dead_letters(workdir: Path) -> None:
+    (workdir / "in.jsonl").write_text("1\n2\n")
+    (workdir / "out.jsonl.dead-letter.jsonl").write_text('{"line": 1, "old": true}\n')
+    (workdir / "out.jsonl.unprocessed").write_text("old\n")
+    proc = fastpool_cli("run", "m:ident", "in.jsonl", "-o", "out.jsonl", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert not (workdir / "out.jsonl.dead-letter.jsonl").exists()
+    assert not (workdir / "out.jsonl.unprocessed").exists()
 
 
 def test_paths_must_differ(workdir: Path) -> None:
@@ -222,6 +238,35 @@ def test_pipe_interrupted_saves_whole_lines_and_exact_counts(workdir: Path) -> N
     assert out + un == lines[:read]
     assert f"{len(out)} succeeded" in stderr and f"{len(un)} unprocessed" in stderr
     assert (workdir / "out.jsonl.unprocessed").read_bytes().endswith(b"\n") or not un
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_record_stuck_past_the_grace_period_is_saved_and_the_process_exits(
+        workdir: Path) -> None:
+    (workdir / "in.jsonl").write_text("".join(f"{i}\n" for i in range(5)))
+    cmd = [sys.executable, "-I", "-m", "fastpool", "run", "m:stuck", "in.jsonl", "-o",
+           "out.jsonl", "--workers", "2", "--grace", "0.5"]
+    proc = subprocess.Popen(cmd, cwd=workdir, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (workdir / "stuck-started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.3)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, stderr
+    assert took < 20, took  # the stuck worker (60 s) did not hold the exit
+    out = (workdir / "out.jsonl").read_text().split()
+    un = (workdir / "out.jsonl.unprocessed").read_text().split()
+    assert "2" in un and sorted(out + un, key=int) == [str(i) for i in range(5)]
 
 
 # -- 16. retries do not stall ordered output -----------------------------------------
