@@ -307,7 +307,10 @@ class LineReader:
         self._max = max_line_bytes
         self._chunk = b""
         self._pos = 0
-        self._parts: list[bytes] = []   # the start of a line not yet complete
+        # The start of a line not complete yet, grown in place (amortized linear, and
+        # handed out as the line itself: no joining copy), or only its first bytes
+        # once it is over max_line_bytes; _part_len counts all of it.
+        self._part = bytearray()
         self._part_len = 0
         self._eof = False
 
@@ -326,11 +329,10 @@ class LineReader:
         self._part_len += len(piece)
         if self._max is not None and self._part_len > self._max:
             # Over the limit: keep a prefix for the dead letter, drop the rest as it comes.
-            if not self._parts or len(self._parts[0]) < _DEAD_PREFIX or len(self._parts) > 1:
-                head = b"".join(self._parts + [piece])[:_DEAD_PREFIX]
-                self._parts = [head]
+            if len(self._part) != _DEAD_PREFIX:
+                self._part = (self._part + piece)[:_DEAD_PREFIX]
             return
-        self._parts.append(piece)
+        self._part += piece
 
     def read_batch(self, max_lines: int, stop: threading.Event,
                    idle: Callable[[], None]) -> tuple[list[bytes], list[int]] | None:
@@ -351,7 +353,7 @@ class LineReader:
                     self._take(chunk[pos:] if pos else chunk)
                 self._chunk, self._pos = b"", 0
                 if self._eof:
-                    if not self._parts:
+                    if not self._part_len:
                         break
                     line = self._finish(b"")
                 else:
@@ -380,8 +382,8 @@ class LineReader:
         return (lines, ends) if lines else None
 
     def _finish(self, tail: bytes) -> bytes:
-        """The line made of the kept pieces and `tail`; advances `offset`."""
-        if not self._parts:
+        """The line made of the kept start and `tail`; advances `offset`."""
+        if not self._part_len:
             self.offset += len(tail)
             if self._max is not None and len(tail) > self._max:
                 long = _LongLine(tail[:_DEAD_PREFIX])
@@ -390,13 +392,13 @@ class LineReader:
             return tail
         size = self._part_len + len(tail)
         self.offset += size
-        parts, self._parts, self._part_len = self._parts, [], 0
+        part, self._part, self._part_len = self._part, bytearray(), 0
         if self._max is not None and size > self._max:
-            long = _LongLine((parts[0] + tail)[:_DEAD_PREFIX])
+            long = _LongLine((part + tail)[:_DEAD_PREFIX])
             long.size = size
             return long
-        parts.append(tail)
-        return b"".join(parts)
+        part += tail
+        return part  # a bytearray: bytes-like everywhere a line is used
 
     def rest(self, deadline: float, abort: threading.Event) -> Iterator[bytes]:
         """What is left of the input, to save, in pieces.
@@ -407,14 +409,21 @@ class LineReader:
         a pipe left a line unfinished (its start was the last piece).
         """
         self.torn = False
-        head = b"".join(self._parts) + self._chunk[self._pos:]
-        self._parts, self._part_len, self._chunk, self._pos = [], 0, b"", 0
-        yield head
-        if self._eof:
-            return
         if self.regular:
+            # From the first line not handed out, re-read: whatever was buffered (or
+            # dropped of an over-long line) is in the file.
+            os.lseek(self._fd, self.offset, os.SEEK_SET)
             while data := os.read(self._fd, _CHUNK):
                 yield data
+            return
+        cut = self._max is not None and self._part_len > self._max  # its start only
+        head = bytes(self._part) + self._chunk[self._pos:]
+        self._part, self._part_len, self._chunk, self._pos = bytearray(), 0, b"", 0
+        yield head
+        if cut:
+            self.torn = True
+            return
+        if self._eof:
             return
         if not head or head.endswith(b"\n"):
             return
@@ -961,19 +970,24 @@ class Runner:
                     f"{self.args.max_line_bytes}", raw.decode("utf-8", "replace"), 0)
                 continue
             if jsonl:
+                if raw.isspace():  # no copy, unlike strip(): lines may be huge
+                    results[i] = _SKIP
+                    continue
                 try:
-                    text = raw.decode("utf-8").strip()
+                    # Bytes straight to json.loads (one transient decoded copy instead of
+                    # two kept ones), unless its encoding guess could be other than
+                    # UTF-8: a NUL or a BOM in the first bytes.
+                    if raw[:4].isascii() and b"\x00" not in raw[:4]:
+                        record = json.loads(raw)
+                    else:
+                        record = json.loads(raw.decode("utf-8"))
                 except UnicodeDecodeError as exc:
                     results[i] = _Failed(f"invalid UTF-8: {exc}",
                                          raw.decode("utf-8", "replace").rstrip("\r\n"), 0)
                     continue
-                if not text:
-                    results[i] = _SKIP
-                    continue
-                try:
-                    record = json.loads(text)
                 except ValueError as exc:
-                    results[i] = _Failed(f"invalid JSON: {exc}", text, 0)
+                    results[i] = _Failed(f"invalid JSON: {exc}",
+                                         raw.decode("utf-8").strip(), 0)
                     continue
             else:
                 record = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
