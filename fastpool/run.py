@@ -449,6 +449,19 @@ def _write_all(f: Any, data: bytes) -> None:
         view = view[n:]
 
 
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:  # not possible everywhere (Windows): best effort
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class _Sink:
     """An unbuffered binary output file, opened on first write when `lazy` (so no empty
     dead-letter file is left behind). `size` is what is written; `count` the lines."""
@@ -459,6 +472,7 @@ class _Sink:
         self.count = 0
         self.size = 0
         self._f: Any = None
+        self._created = False  # its directory entry is not fsync'd yet
         if stdout:
             sys.stdout.flush()  # anything printed before goes first
             self._f = open(sys.stdout.fileno(), "wb", buffering=0, closefd=False)
@@ -466,13 +480,21 @@ class _Sink:
         elif append_at is not None:
             self._open(append_at)
         elif not lazy:
-            self._f = open(path, "wb", buffering=0)
+            self._create()
+
+    def _create(self) -> None:
+        self._f = open(self.path, "wb", buffering=0)
+        self._created = True
 
     def _open(self, at: int) -> None:
         if at == 0:
-            self._f = open(self.path, "wb", buffering=0)
+            self._create()
         else:
             self._f = open(self.path, "r+b", buffering=0)
+            if os.fstat(self._f.fileno()).st_size < at:  # truncate() would pad with zeros
+                self._f.close()
+                raise UsageError(f"cannot resume: {self.path!r} is shorter than at its "
+                                 "last checkpoint (was it changed?)")
             self._f.truncate(at)
             self._f.seek(at)
         self.size = at
@@ -481,7 +503,7 @@ class _Sink:
         if not data:
             return
         if self._f is None:
-            self._f = open(self.path, "wb", buffering=0)
+            self._create()
         try:
             _write_all(self._f, data)
         except BaseException:
@@ -502,6 +524,9 @@ class _Sink:
     def sync(self) -> None:
         if self._f is not None and self._f.seekable():
             os.fsync(self._f.fileno())
+            if self._created:  # a new file survives a power loss once its entry does
+                _fsync_dir(self.path)
+                self._created = False
 
     @property
     def opened(self) -> bool:
@@ -557,6 +582,7 @@ class Journal:
         if keep is None:
             self._f = open(self.path, "wb", buffering=0)
             self.append(header)
+            _fsync_dir(self.path)
         else:
             self._f = open(self.path, "r+b", buffering=0)
             self._f.truncate(keep)

@@ -190,5 +190,17 @@ def test_resume_refuses_what_it_cannot_resume(workdir: Path) -> None:
         f.write('{"i": 2, "tag": ""}\n')  # the input changed since
     proc = fastpool_cli("run", "m:work", "in2.jsonl", "-o", "o.jsonl", "--resume", cwd=workdir)
     assert proc.returncode == 2 and "input changed" in proc.stderr, proc.stderr
-    for proc in (proc,):
-        assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # OUT shorter than its checkpoint says (changed by hand): cutting it "back" would
+    # pad it with zeros, so refuse.
+    (workdir / "in2.jsonl").write_text('{"i": 1, "tag": ""}\n')
+    assert fastpool_cli("run", "m:work", "in2.jsonl", "-o", "o.jsonl", cwd=workdir).returncode == 0
+    journal = workdir / "o.jsonl.journal"
+    header, last = journal.read_text().splitlines()[:2]
+    entry = json.loads(last)
+    del entry["done"]
+    journal.write_text(header + "\n" + json.dumps(entry) + "\n")
+    (workdir / "o.jsonl").write_text("{")
+    proc = fastpool_cli("run", "m:work", "in2.jsonl", "-o", "o.jsonl", "--resume", cwd=workdir)
+    assert proc.returncode == 2 and "shorter than at its last checkpoint" in proc.stderr, \
+        proc.stderr
