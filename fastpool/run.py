@@ -39,7 +39,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from typing import IO, Any, Callable, Iterator, NamedTuple
+from typing import IO, Any, Callable, Iterator, NamedTuple, Union
 
 import fastpool
 
@@ -176,6 +176,10 @@ class _LongLine(bytes):
     size: int = 0
 
 
+# An input line, with its newline: a bytearray when it came in several reads (grown in
+# place, so a huge line is never copied to be joined), else bytes.
+Line = Union[bytes, bytearray]
+
 _SKIP = object()  # a blank line in jsonl: no record
 # The outcome of each line of a batch, in `Batch.results`: bytes (the encoded result
 # line), _SKIP, a _Failed, a _Retrying, or None (not run: the run stopped first).
@@ -253,7 +257,7 @@ class Batch:
     __slots__ = ("first_line", "start", "lines", "ends", "results", "nbytes", "future",
                  "pos", "seconds")
 
-    def __init__(self, first_line: int, start: int, lines: list[bytes],
+    def __init__(self, first_line: int, start: int, lines: list[Line],
                  ends: list[int]) -> None:
         self.first_line = first_line   # input line number of lines[0] (1-based)
         self.start = start             # input offset of lines[0]
@@ -335,13 +339,13 @@ class LineReader:
         self._part += piece
 
     def read_batch(self, max_lines: int, stop: threading.Event,
-                   idle: Callable[[], None]) -> tuple[list[bytes], list[int]] | None:
+                   idle: Callable[[], None]) -> tuple[list[Line], list[int]] | None:
         """Up to `max_lines` whole lines and their end offsets; None at end of input.
 
         On a pipe, returns what is available rather than wait to fill the batch.
         Raises _Stop when `stop` is set while waiting with nothing to return.
         """
-        lines: list[bytes] = []
+        lines: list[Line] = []
         ends: list[int] = []
         size = 0
         limit = self._max
@@ -381,7 +385,7 @@ class LineReader:
                 break  # keep it the last of its batch: simple offsets for the rest
         return (lines, ends) if lines else None
 
-    def _finish(self, tail: bytes) -> bytes:
+    def _finish(self, tail: bytes) -> Line:
         """The line made of the kept start and `tail`; advances `offset`."""
         if not self._part_len:
             self.offset += len(tail)
@@ -1151,7 +1155,7 @@ class Runner:
         self._stopping = True
         self.stop.set()
 
-    def _save_lines(self, lines: list[bytes]) -> None:
+    def _save_lines(self, lines: list[Line]) -> None:
         """Raw input lines to UNPROCESSED, so the file can be fed back as INPUT."""
         data = b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines)
         self.unprocessed.write(data, len(lines))
@@ -1192,7 +1196,7 @@ class Runner:
             # Everything before the first unfinished record is written: the last
             # checkpoint (the final one if nothing is left).
             self._checkpoint(done=not interrupted and not self.window)
-            leftovers: list[bytes] = []
+            leftovers: list[Line] = []
             for batch in self.window:
                 self._write_late(batch, leftovers)
             self.window.clear()
@@ -1215,7 +1219,7 @@ class Runner:
             self.close()
         self._summary()
 
-    def _write_late(self, batch: Batch, leftovers: list[bytes]) -> None:
+    def _write_late(self, batch: Batch, leftovers: list[Line]) -> None:
         """An interrupted run's records past the first unfinished one: what finished is
         written (past the checkpoint: a resume redoes it), the rest saved, in order."""
         results = batch.results
