@@ -24,6 +24,7 @@ How the work flows:
 from __future__ import annotations
 
 import argparse
+import bisect
 import importlib
 import importlib.util
 import inspect
@@ -291,11 +292,12 @@ class _Stop(Exception):
 class LineReader:
     """Reads lines from a binary file descriptor without ever losing one to a signal.
 
-    Linear in the input whatever the line lengths: a line split over many reads is
-    kept as a list of pieces and joined once. On a pipe or terminal it waits with
-    select() in short steps, so an interruption or finished results are handled while
-    no input arrives. `offset` is the input offset past the last line handed out,
-    `lines` their count.
+    Lines are handed out without their newline. Each read is split into lines in C
+    (bytes.split); a line spread over many reads grows in place in one bytearray, so
+    reading is linear in the input whatever the line lengths. On a pipe or terminal it
+    waits with select() in short steps, so an interruption or finished results are
+    handled while no input arrives. `offset` is the input offset past the last line
+    handed out, `lines` their count.
     """
 
     def __init__(self, f: IO[bytes], max_line_bytes: int | None = None,
@@ -308,12 +310,13 @@ class LineReader:
             os.lseek(self._fd, offset, os.SEEK_SET)
         self.offset = offset
         self.lines = lines
+        self.torn = False
         self._max = max_line_bytes
-        self._chunk = b""
-        self._pos = 0
-        # The start of a line not complete yet, grown in place (amortized linear, and
-        # handed out as the line itself: no joining copy), or only its first bytes
-        # once it is over max_line_bytes; _part_len counts all of it.
+        self._lines: list[Line] = []  # whole lines of the last read ...
+        self._next = 0                # ... of which _lines[_next:] are not handed out
+        # The start of a line not complete yet, grown in place (handed out as the line
+        # itself: no joining copy), or only its first bytes once it is over
+        # max_line_bytes; _part_len counts all of it.
         self._part = bytearray()
         self._part_len = 0
         self._eof = False
@@ -338,98 +341,96 @@ class LineReader:
             return
         self._part += piece
 
+    def _complete(self, tail: bytes, newline: int) -> Line:
+        """The line made of the kept start and `tail`."""
+        size = self._part_len + len(tail) + newline
+        part, self._part, self._part_len = self._part, bytearray(), 0
+        if self._max is not None and size > self._max:
+            return _long((part + tail)[:_DEAD_PREFIX], size)
+        part += tail
+        return part
+
+    def _add(self, data: bytes) -> None:
+        """Split a read into whole lines and the start of the next one."""
+        first: Line | None = None
+        if self._part_len:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self._take(data)
+                return
+            first = self._complete(data[:nl], 1)
+            data = data[nl + 1:]
+        pieces: list[Line] = data.split(b"\n")  # type: ignore[assignment]
+        tail = pieces.pop()
+        if first is not None:
+            pieces.insert(0, first)
+        limit = self._max
+        if limit is not None and pieces and max(map(len, pieces)) >= limit:
+            pieces = [_long(p[:_DEAD_PREFIX], len(p) + 1)
+                      if len(p) >= limit and type(p) is not _LongLine else p for p in pieces]
+        self._lines, self._next = pieces, 0
+        if tail:
+            self._take(tail)
+
     def read_batch(self, max_lines: int, stop: threading.Event,
                    idle: Callable[[], None]) -> tuple[list[Line], list[int]] | None:
         """Up to `max_lines` whole lines and their end offsets; None at end of input.
 
-        On a pipe, returns what is available rather than wait to fill the batch.
-        Raises _Stop when `stop` is set while waiting with nothing to return.
+        Returns what one read brought rather than wait to fill the batch. Raises _Stop
+        when `stop` is set while waiting for input.
         """
-        lines: list[Line] = []
-        ends: list[int] = []
-        size = 0
-        limit = self._max
-        while len(lines) < max_lines and size < _MAX_BATCH_BYTES:
-            chunk, pos = self._chunk, self._pos
-            nl = chunk.find(b"\n", pos)
-            if nl < 0:
-                if pos < len(chunk):
-                    self._take(chunk[pos:] if pos else chunk)
-                self._chunk, self._pos = b"", 0
-                if self._eof:
-                    if not self._part_len:
-                        break
-                    line = self._finish(b"")
-                else:
-                    if lines and not self.regular:
-                        break  # hand out what arrived; do not wait for a full batch
-                    try:
-                        data = self._read(stop, idle)
-                    except _Stop:
-                        if lines:
-                            break
-                        raise
-                    if data:
-                        self._chunk = data
-                    else:
-                        self._eof = True
-                    continue
+        while self._next >= len(self._lines):
+            if self._eof:
+                if not self._part_len:
+                    return None
+                line = self._complete(b"", 0)  # the last line, without newline
+                self.lines += 1
+                self.offset += line.size if type(line) is _LongLine else len(line)
+                return [line], [self.offset]
+            data = self._read(stop, idle)
+            if data:
+                self._add(data)
             else:
-                self._pos = nl + 1
-                line = self._finish(chunk[pos:nl + 1])
-            self.lines += 1
-            lines.append(line)
-            ends.append(self.offset)
-            size += len(line)
-            if limit is not None and type(line) is _LongLine:
-                break  # keep it the last of its batch: simple offsets for the rest
-        return (lines, ends) if lines else None
-
-    def _finish(self, tail: bytes) -> Line:
-        """The line made of the kept start and `tail`; advances `offset`."""
-        if not self._part_len:
-            self.offset += len(tail)
-            if self._max is not None and len(tail) > self._max:
-                long = _LongLine(tail[:_DEAD_PREFIX])
-                long.size = len(tail)
-                return long
-            return tail
-        size = self._part_len + len(tail)
-        self.offset += size
-        part, self._part, self._part_len = self._part, bytearray(), 0
-        if self._max is not None and size > self._max:
-            long = _LongLine((part + tail)[:_DEAD_PREFIX])
-            long.size = size
-            return long
-        part += tail
-        return part  # a bytearray: bytes-like everywhere a line is used
+                self._eof = True
+        start = self._next
+        batch = self._lines[start:start + max_lines]
+        sizes = [len(line) + 1 for line in batch]
+        if self._max is not None:
+            sizes = [line.size if type(line) is _LongLine else n  # type: ignore[union-attr]
+                     for line, n in zip(batch, sizes)]
+        ends = list(itertools.accumulate(sizes, initial=self.offset))[1:]
+        if ends[-1] - self.offset > _MAX_BATCH_BYTES and len(batch) > 1:
+            keep = max(1, bisect.bisect_right(ends, self.offset + _MAX_BATCH_BYTES))
+            del batch[keep:], ends[keep:]
+        self._next = start + len(batch)
+        self.lines += len(batch)
+        self.offset = ends[-1]
+        return batch, ends
 
     def rest(self, deadline: float, abort: threading.Event) -> Iterator[bytes]:
         """What is left of the input, to save, in pieces.
 
-        The buffered lines, then: from a regular file the unread rest; from a pipe the
-        rest of a line begun (read a byte at a time, so not a byte past its newline is
-        taken from the pipe) until `deadline` or `abort`. Afterwards `torn` is True when
-        a pipe left a line unfinished (its start was the last piece).
+        From a regular file, everything from the first line not handed out (re-read).
+        From a pipe, the buffered lines, then the rest of a line begun (read a byte at
+        a time, so not a byte past its newline is taken from the pipe) until `deadline`
+        or `abort`; afterwards `torn` is True when a line is left unfinished (or was
+        over --max-line-bytes: only its start was kept).
         """
-        self.torn = False
         if self.regular:
-            # From the first line not handed out, re-read: whatever was buffered (or
-            # dropped of an over-long line) is in the file.
             os.lseek(self._fd, self.offset, os.SEEK_SET)
             while data := os.read(self._fd, _CHUNK):
                 yield data
             return
-        cut = self._max is not None and self._part_len > self._max  # its start only
-        head = bytes(self._part) + self._chunk[self._pos:]
-        self._part, self._part_len, self._chunk, self._pos = bytearray(), 0, b"", 0
+        rest = self._lines[self._next:]
+        cut = (self._max is not None and self._part_len > self._max) or any(
+            type(line) is _LongLine for line in rest)
+        head = b"".join(bytes(line) + b"\n" for line in rest) + bytes(self._part)
+        self._lines, self._next, self._part, self._part_len = [], 0, bytearray(), 0
         yield head
         if cut:
             self.torn = True
             return
-        if self._eof:
-            return
-        if not head or head.endswith(b"\n"):
+        if self._eof or not head or head.endswith(b"\n"):
             return
         while time.monotonic() < deadline and not abort.is_set():
             if self._pollable and not select.select([self._fd], [], [], 0.1)[0]:
@@ -441,6 +442,12 @@ class LineReader:
             if byte == b"\n":
                 return
         self.torn = True
+
+
+def _long(prefix: bytes | bytearray, size: int) -> _LongLine:
+    line = _LongLine(prefix)
+    line.size = size
+    return line
 
 
 # -- output ----------------------------------------------------------------------------
@@ -932,6 +939,8 @@ class Runner:
                 break
             lines, ends = got
             batch = Batch(reader.lines - len(lines) + 1, start, lines, ends)
+            if self.args.max_line_bytes is not None:
+                self._too_long(batch)
             window.append(batch)
             self._window_records += len(lines)
             self._window_bytes += batch.nbytes
@@ -952,6 +961,14 @@ class Runner:
                                          or not any(map(_pending, window))):
                 break  # past the grace period, or nothing left that may still finish
             wake.wait(0.1)
+
+    def _too_long(self, batch: Batch) -> None:
+        # Dead-lettered as they are read: their text is not kept to be run or saved.
+        for i, line in enumerate(batch.lines):
+            if type(line) is _LongLine:
+                batch.results[i] = _Failed(
+                    f"line of {line.size} bytes exceeds --max-line-bytes "
+                    f"{self.args.max_line_bytes}", line.decode("utf-8", "replace"), 0)
 
     def _batch_size(self) -> int:
         per = self._per_record
@@ -994,13 +1011,10 @@ class Runner:
         for i, raw in enumerate(batch.lines):
             if self._stopping:
                 break  # interrupted: start no new record; the rest stays None
-            if type(raw) is _LongLine:
-                results[i] = _Failed(
-                    f"line of {raw.size} bytes exceeds --max-line-bytes "
-                    f"{self.args.max_line_bytes}", raw.decode("utf-8", "replace"), 0)
-                continue
+            if results[i] is not None:
+                continue  # settled when read (an over-long line)
             if jsonl:
-                if raw.isspace():  # no copy, unlike strip(): lines may be huge
+                if not raw or raw.isspace():  # no copy, unlike strip(): lines may be huge
                     results[i] = _SKIP
                     continue
                 try:
@@ -1157,7 +1171,7 @@ class Runner:
 
     def _save_lines(self, lines: list[Line]) -> None:
         """Raw input lines to UNPROCESSED, so the file can be fed back as INPUT."""
-        data = b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines)
+        data = b"".join(line + b"\n" for line in lines)
         self.unprocessed.write(data, len(lines))
         self.unprocessed_count += len(lines)
 
@@ -1286,7 +1300,7 @@ class Runner:
                          f"{self.unprocessed_path}")
             if not self.reader.regular:
                 parts.append(f"{self.reader.lines} lines were read from the input")
-                if getattr(self.reader, "torn", False):
+                if self.reader.torn:
                     parts.append("the last of them is incomplete (no newline came)")
         if self.blank:
             parts.append(f"{self.blank} blank lines skipped")
