@@ -376,7 +376,7 @@ def _cmd_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         args.subparser.error(str(exc))
     assert runner is not None
     if args.metrics is not None:
-        args.metrics.registry.register(_RecordCollector(runner))
+        args.metrics.registry.register(run.RecordCollector(runner))
     old = {}
     if threading.current_thread() is threading.main_thread():  # main() may run elsewhere
         for signame in ("SIGINT", "SIGTERM"):
@@ -406,23 +406,3 @@ def _metrics_server(port: int, host: str) -> Any:
         raise UsageError(f"cannot serve metrics on port {port} of {host}: {detail}") from None
     print(f"fastpool run: metrics on {server.url}", file=sys.stderr, flush=True)
     return server
-
-
-class _RecordCollector:
-    """fastpool_run_records_total{outcome}: the run's records, counted where they end
-    (the pool's own metrics count its tasks, batches of records)."""
-
-    def __init__(self, runner: Any) -> None:
-        self._runner = runner
-
-    def collect(self) -> Any:
-        from prometheus_client.metrics_core import CounterMetricFamily
-
-        r = self._runner
-        family = CounterMetricFamily("fastpool_run_records",
-                                     "fastpool run: input records by where they ended",
-                                     labels=["outcome"])
-        for outcome, value in (("succeeded", r.ok), ("failed", r.failed),
-                               ("unprocessed", r.unprocessed_count), ("blank", r.blank)):
-            family.add_metric([outcome], value)
-        yield family

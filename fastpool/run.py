@@ -45,7 +45,7 @@ from typing import IO, Any, Callable, Iterator, NamedTuple, Union
 import fastpool
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "UsageError",
-           "Runner", "load_function", "check_signature", "retry_on_names"]
+           "Runner", "RecordCollector", "load_function", "check_signature", "retry_on_names"]
 
 EXIT_OK = 0          # every record succeeded
 EXIT_FAILED = 1      # some records failed; every one of them is in the dead-letter file
@@ -360,10 +360,10 @@ class LineReader:
                 return
             first = self._complete(data[:nl], 1)
             data = data[nl + 1:]
-        pieces: list[Line] = data.split(b"\n")  # type: ignore[assignment]
-        tail = pieces.pop()
-        if first is not None:
-            pieces.insert(0, first)
+        split = data.split(b"\n")
+        tail = split.pop()
+        pieces: list[Line] = [] if first is None else [first]
+        pieces += split
         limit = self._max
         if limit is not None and pieces and max(map(len, pieces)) >= limit:
             pieces = [_long(p[:_DEAD_PREFIX], len(p) + 1)
@@ -396,7 +396,7 @@ class LineReader:
         batch = self._lines[start:start + max_lines]
         sizes = [len(line) + 1 for line in batch]
         if self._max is not None:
-            sizes = [line.size if type(line) is _LongLine else n  # type: ignore[union-attr]
+            sizes = [line.size if isinstance(line, _LongLine) else n
                      for line, n in zip(batch, sizes)]
         ends = list(itertools.accumulate(sizes, initial=self.offset))[1:]
         if ends[-1] - self.offset > _MAX_BATCH_BYTES and len(batch) > 1:
@@ -538,10 +538,6 @@ class _Sink:
             if self._created:  # a new file survives a power loss once its entry does
                 _fsync_dir(self.path)
                 self._created = False
-
-    @property
-    def opened(self) -> bool:
-        return self._f is not None
 
     def close(self) -> None:
         if self._f is not None:
@@ -734,6 +730,7 @@ class Runner:
         self._stopping = False           # read by the batches: start no new record
         self.pool: fastpool.Pool | None = None
         self._files: list[Any] = []
+        self.started = time.monotonic()
 
     # -- setup ---------------------------------------------------------------------
 
@@ -813,8 +810,8 @@ class Runner:
             # A previous run's files would be taken for this run's: a run without
             # failures (so far, when resuming) has no dead-letter file, and the
             # unprocessed records of an interrupted run are the ones being resumed.
-            for path, keep in ((self.dead_path, dead_size), (self.unprocessed_path, 0)):
-                if not keep and os.path.isfile(path):
+            for path, kept in ((self.dead_path, dead_size), (self.unprocessed_path, 0)):
+                if not kept and os.path.isfile(path):
                     os.unlink(path)
             self.dead = _Sink(self.dead_path, lazy=True,
                               append_at=dead_size if dead_size else None)
@@ -1287,7 +1284,7 @@ class Runner:
         return EXIT_FAILED if self.failed else EXIT_OK
 
     def _summary(self, already: bool = False) -> None:
-        took = time.monotonic() - getattr(self, "started", time.monotonic())
+        took = time.monotonic() - self.started
         parts = [f"{self.ok} succeeded"]
         if self.failed:
             parts.append(f"{self.failed} failed -> {self.dead_path}")
@@ -1308,3 +1305,23 @@ class Runner:
             print(f"fastpool run: already complete: {', '.join(parts)}", file=sys.stderr)
             return
         print(f"fastpool run: {', '.join(parts)} in {took:.2f} s", file=sys.stderr)
+
+
+class RecordCollector:
+    """fastpool_run_records_total{outcome}: the run's records, counted where they end
+    (the pool's own metrics count its tasks, batches of records)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+
+    def collect(self) -> Any:
+        from prometheus_client.metrics_core import CounterMetricFamily
+
+        r = self._runner
+        family = CounterMetricFamily("fastpool_run_records",
+                                     "fastpool run: input records by where they ended",
+                                     labels=["outcome"])
+        for outcome, value in (("succeeded", r.ok), ("failed", r.failed),
+                               ("unprocessed", r.unprocessed_count), ("blank", r.blank)):
+            family.add_metric([outcome], value)
+        yield family
