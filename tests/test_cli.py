@@ -197,7 +197,7 @@ def test_run_retries_then_succeeds(workdir: Path) -> None:
                         "--retries", "1", "--backoff", "0.001", "--progress", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
     assert _read_jsonl(workdir / "out.jsonl") == list(range(20))
-    assert "fastpool run: 20 read, 20 done, 0 failed, 0 in flight" in proc.stderr
+    assert "fastpool run: 100%, 20 ok, 0 failed, 0 in flight" in proc.stderr
     assert "fastpool run: 20 succeeded in" in proc.stderr
     assert not (workdir / "out.jsonl.dead-letter.jsonl").exists()
     # Without retries every record fails, and goes to the default dead-letter file.
@@ -310,13 +310,20 @@ def test_interrupted_run_accounts_for_every_record(workdir: Path, signum: int) -
 
 
 def _scrape(url: str) -> dict[str, float]:
-    """The samples of the run's pool: {"fastpool_tasks_succeeded_total": 3.0, ...}."""
+    """The run's samples: {"fastpool_tasks_submitted_total": 3.0, "failed": 1.0, ...}
+    (the pool's, and the records' by outcome under the outcome's name)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(url, timeout=10) as resp:
         text = resp.read().decode()
-    return {s.name: s.value for family in text_string_to_metric_families(text)
-            for s in family.samples if s.labels.get("pool") == "fastpool-run"}
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("pool") == "fastpool-run":
+                samples[s.name] = s.value
+            elif s.name == "fastpool_run_records_total":
+                samples[s.labels["outcome"]] = s.value
+    return samples
 
 
 def test_run_serves_metrics_while_running(workdir: Path) -> None:
@@ -331,33 +338,45 @@ def test_run_serves_metrics_while_running(workdir: Path) -> None:
         match = re.search(r"metrics on (http://\S+)", first)
         assert match, first + proc.communicate(timeout=30)[1]
         url = match.group(1)
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")  # the real host
         records = [{"i": 0}, {"i": 1}, {"i": 2, "fail": True}, {"i": 3}]
-        proc.stdin.write("".join(json.dumps(r) + "\n" for r in records))
+        proc.stdin.write("".join(json.dumps(r) + "\n" for r in records) + "{bad json\n")
         proc.stdin.flush()
-        # The input is still open: these are the live counters of the running pool.
+        # The input is still open: these are the live counters of the running run.
         deadline = time.monotonic() + 30
-        while (samples := _scrape(url)).get("fastpool_tasks_submitted_total") != 4:
+        while (samples := _scrape(url)).get("succeeded", 0) + samples.get("failed", 0) < 5:
             assert time.monotonic() < deadline, samples
             time.sleep(0.02)
-        while (samples["fastpool_tasks_running"] or samples["fastpool_tasks_queued"]
-               or samples["fastpool_tasks_retrying"]):
-            assert time.monotonic() < deadline, samples
-            time.sleep(0.02)
-            samples = _scrape(url)
-        assert samples["fastpool_tasks_succeeded_total"] == 3
-        assert samples["fastpool_tasks_failed_total"] == 1
-        assert samples["fastpool_tasks_retried_total"] == 1
-        assert samples["fastpool_tasks_dead_lettered_total"] == 1
-        assert samples["fastpool_workers"] == 2
+        # Records by outcome: the line rejected before reaching FUNC counts as failed.
+        assert samples["succeeded"] == 3 and samples["failed"] == 2, samples
+        assert samples["unprocessed"] == 0
+        # The pool's own metrics are there too (its tasks are batches of records).
+        assert samples["fastpool_tasks_submitted_total"] >= 1
+        assert samples["fastpool_tasks_dead_lettered_total"] == 1  # after its retry
+        assert samples["fastpool_workers"] >= 1
         _, stderr = proc.communicate(timeout=30)  # closes the input: the run ends
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
-    assert proc.returncode == 1, stderr  # one record dead-lettered
+        proc.communicate()
+    assert proc.returncode == 1, stderr  # records dead-lettered
     assert [r["i"] for r in _read_jsonl(workdir / "out.jsonl")] == [0, 1, 3]
     with pytest.raises(urllib.error.URLError):  # the server stopped with the run
         urllib.request.urlopen(url, timeout=10)
+
+
+def test_run_metrics_host(workdir: Path) -> None:
+    (workdir / "in.jsonl").write_text("1\n")
+    proc = fastpool_cli("run", "usermod:unserializable", "in.jsonl", "-o", "out.jsonl",
+                        "--metrics-port", "0", "--metrics-host", "localhost", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"metrics on http://(127\.0\.0\.1|\[::1\]):\d+/metrics", proc.stderr), \
+        proc.stderr
+    proc = fastpool_cli("run", "usermod:unserializable", "in.jsonl", "-o", "out.jsonl",
+                        "--metrics-port", "0", "--metrics-host", "no.such.host.invalid",
+                        cwd=workdir)
+    assert proc.returncode == 2 and "cannot serve metrics" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_run_metrics_port_in_use_exits_2(workdir: Path) -> None:
@@ -379,10 +398,9 @@ def test_run_metrics_port_without_the_extra_exits_2(workdir: Path, monkeypatch, 
     monkeypatch.delitem(sys.modules, "fastpool.metrics", raising=False)
     from fastpool import cli
 
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["run", str(workdir / "usermod.py") + ":double", str(workdir / "in.jsonl"),
-                  "-o", str(workdir / "out.jsonl"), "--metrics-port", "0"])
-    assert exit_info.value.code == 2
+    code = cli.main(["run", str(workdir / "usermod.py") + ":double", str(workdir / "in.jsonl"),
+                     "-o", str(workdir / "out.jsonl"), "--metrics-port", "0"])
+    assert code == 2
     assert "pip install 'fastpool[metrics]'" in capsys.readouterr().err
     assert not (workdir / "out.jsonl").exists()  # nothing was opened
 
@@ -397,11 +415,11 @@ def test_run_unopenable_out_exits_2_and_closes_input(workdir: Path, capsys) -> N
     (workdir / "in.jsonl").write_text("1\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main(["run", str(workdir / "usermod.py") + ":double",
-                      str(workdir / "in.jsonl"), "-o", str(workdir / "no-such-dir" / "o.jsonl")])
-        assert exit_info.value.code == 2
-        del exit_info  # its traceback holds the frame that held INPUT
+        code = cli.main(["run", str(workdir / "usermod.py") + ":double",
+                         str(workdir / "in.jsonl"), "-o", str(workdir / "no-such-dir" / "o.jsonl")])
+        assert code == 2  # main() returns the code, as it promises (no SystemExit)
         gc.collect()
-    assert "cannot open OUT" in capsys.readouterr().err
-    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    err = capsys.readouterr().err
+    assert "cannot write OUT: no such directory" in err
+    assert len(err.splitlines()) == 1, err  # one line
+    assert not [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]

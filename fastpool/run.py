@@ -1,0 +1,1327 @@
+"""The `fastpool run` engine: records from a file or pipe through a function on a Pool.
+
+`cli.py` parses the command line and owns the process (signal handlers, the exit);
+this module reads, runs, orders and writes the records. Every input line ends in exactly
+one place: OUT (its result), the dead-letter file (it failed for good), the unprocessed
+file (the run stopped first), or nowhere if it is blank in `jsonl`.
+
+How the work flows:
+
+- The reader cuts the input into batches of lines. A batch is one Pool task: its worker
+  parses each line, calls FUNC and encodes the result. The batch size adapts so a batch
+  takes ~2 ms (one record when FUNC is slow, up to 512 when it is fast): the per-task cost
+  is paid per batch, not per record.
+- A record that fails and may be retried leaves its batch: it becomes a task of its own
+  whose retries wait in the Pool's timer (holding no worker), and the batch completes.
+  Only the *writer* waits for it; reading and running go on. `--in-flight` bounds the
+  batches running or queued; the window of finished-but-unwritten batches behind a
+  waiting retry is bounded by memory (`_WINDOW_RECORDS`, `_WINDOW_BYTES`), not by it.
+- The writer (the main thread) writes batches in input order, one write() per file and
+  batch, so a failed write knows exactly which records did not land. Every second it
+  checkpoints to the journal (see `Journal`), which `--resume` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import importlib
+import importlib.util
+import inspect
+import itertools
+import json
+import os
+import select
+import shutil
+import signal
+import stat
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from typing import IO, Any, Callable, Iterator, NamedTuple, Union
+
+import fastpool
+
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "UsageError",
+           "Runner", "RecordCollector", "load_function", "check_signature", "retry_on_names"]
+
+EXIT_OK = 0          # every record succeeded
+EXIT_FAILED = 1      # some records failed; every one of them is in the dead-letter file
+EXIT_USAGE = 2       # bad arguments (one line on stderr)
+EXIT_INTERNAL = 3    # the runner itself failed; every unfinished record is in UNPROCESSED
+# interrupted: 128 + the signal (130 SIGINT, 143 SIGTERM)
+
+_CHUNK = 1 << 20               # bytes per read() of the input
+_BATCH_SECONDS = 0.002         # target run time of one batch (adaptive batch size)
+_MAX_BATCH = 512               # records per batch at most
+_MAX_BATCH_BYTES = 1 << 20     # input bytes per batch at most (past one line)
+_WINDOW_RECORDS = 1 << 16      # records read but not yet written, at most ...
+_WINDOW_BYTES = 128 << 20      # ... and their input bytes (past one in-flight window)
+_CHECKPOINT_SECONDS = 1.0      # journal cadence
+_DEAD_PREFIX = 200             # bytes of an over-long line kept in its dead letter
+
+
+class UsageError(Exception):
+    """A user mistake found after parsing (bad MODULE:FUNC, unusable path): exit 2."""
+
+
+# -- the function ----------------------------------------------------------------------
+
+
+def load_function(target: str) -> Callable[[Any], Any]:
+    """Resolve MODULE:FUNC (dotted FUNC allowed; MODULE may be a path to a .py file)."""
+    module_name, sep, func_name = target.rpartition(":")
+    if not sep or not module_name or not func_name:
+        raise UsageError(f"expected MODULE:FUNC, got {target!r}")
+    if module_name.endswith(".py") or os.sep in module_name:
+        if not os.path.isfile(module_name):
+            raise UsageError(f"no such file: {module_name!r}")
+        spec = importlib.util.spec_from_file_location(
+            os.path.splitext(os.path.basename(module_name))[0], module_name)
+        if spec is None or spec.loader is None:
+            raise UsageError(f"cannot load {module_name!r} as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise UsageError(f"error importing {module_name!r}: "
+                             f"{type(exc).__name__}: {_safe_str(exc)}") from None
+    else:
+        # As `python -m`: modules in the current directory are importable.
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                raise UsageError(f"no module named {module_name!r}") from None
+            raise UsageError(f"error importing {module_name!r}: {exc}") from None
+        except Exception as exc:
+            raise UsageError(f"error importing {module_name!r}: "
+                             f"{type(exc).__name__}: {_safe_str(exc)}") from None
+    obj: Any = module
+    for part in func_name.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise UsageError(f"module {module_name!r} has no attribute {func_name!r}") from None
+    if not callable(obj):
+        raise UsageError(f"{target!r} is not callable (got {type(obj).__name__})")
+    return obj  # type: ignore[no-any-return]
+
+
+def check_signature(func: Callable[..., Any], target: str) -> None:
+    """UsageError unless `func` accepts one positional argument (when that can be told)."""
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):  # builtins without a signature: find out per record
+        return
+    try:
+        sig.bind(None)
+    except TypeError as exc:
+        raise UsageError(f"{target} must accept one positional argument (the record), "
+                         f"its signature is {target.rpartition(':')[2]}{sig}: {exc}") from None
+
+
+def retry_on_names(text: str) -> Callable[[BaseException], bool]:
+    """`--retry-on A,B`: an exception matches when a class of its MRO is named A or B,
+    by name (`ConnectionError`) or dotted path (`requests.exceptions.Timeout`)."""
+    names = frozenset(n.strip() for n in text.split(","))
+    if not names or "" in names:
+        raise ValueError(f"expected NAME[,NAME...], got {text!r}")
+
+    def matches(exc: BaseException) -> bool:
+        return any(cls.__name__ in names or f"{cls.__module__}.{cls.__qualname__}" in names
+                   for cls in type(exc).__mro__)
+    return matches
+
+
+def _safe_str(exc: BaseException) -> str:
+    # An exception's __str__ is user code: it may raise. Never let that lose a record.
+    try:
+        return str(exc)
+    except Exception as err:
+        try:
+            return f"<str() failed: {type(err).__name__}>"
+        except Exception:
+            return "<str() failed>"
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_safe_str(exc)}"
+
+
+def _safe_repr(obj: object) -> str:
+    try:
+        return repr(obj)
+    except Exception as err:
+        return f"<{type(obj).__name__}: repr() failed: {type(err).__name__}>"
+
+
+# -- records and outcomes --------------------------------------------------------------
+
+
+class _Failed(NamedTuple):
+    """A record's dead letter, before encoding."""
+
+    error: str
+    record: Any
+    attempts: int
+
+
+class _LongLine(bytes):
+    """The first bytes of a line over --max-line-bytes (the rest was never kept)."""
+
+    size: int = 0
+
+
+# An input line, with its newline: a bytearray when it came in several reads (grown in
+# place, so a huge line is never copied to be joined), else bytes.
+Line = Union[bytes, bytearray]
+
+_SKIP = object()  # a blank line in jsonl: no record
+# The outcome of each line of a batch, in `Batch.results`: bytes (the encoded result
+# line), _SKIP, a _Failed, a _Retrying, or None (not run: the run stopped first).
+
+_json_encode = json.JSONEncoder(ensure_ascii=False).encode
+_json_encode_ascii = json.JSONEncoder().encode
+
+
+def _encode_json(value: Any) -> bytes:
+    text = _json_encode(value)
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: \u-escaped instead, still valid JSON
+        return (_json_encode_ascii(value) + "\n").encode("ascii")
+
+
+def _encode_line(value: Any) -> bytes:
+    # surrogateescape: undecodable input bytes passed through are written back as they came.
+    return ("" if value is None else str(value)).encode("utf-8", "surrogateescape") + b"\n"
+
+
+def _encode_dead(line_no: int, failed: _Failed) -> bytes:
+    letter = {"line": line_no, "record": failed.record, "error": failed.error,
+              "attempts": failed.attempts}
+    try:
+        return (json.dumps(letter, ensure_ascii=False, default=_safe_repr) + "\n").encode()
+    except UnicodeEncodeError:  # a non-UTF-8 line of --format lines: \u-escaped
+        return (json.dumps(letter, default=_safe_repr) + "\n").encode()
+
+
+class _Retrying(NamedTuple):
+    """A record whose retries are under way, as a task of its own."""
+
+    future: Future[Any]
+    call: _RetryCall
+
+
+class _Unserializable(Exception):
+    """FUNC's result cannot be written: a failure of the record, never retried."""
+
+
+class _Backoff(Exception):
+    """The first 'attempt' of a retry task: it fails at once so that the Pool's Retry
+    waits the backoff before the real second attempt, holding no worker meanwhile."""
+
+
+class _RetryCall:
+    """A failed record's later attempts, as a task of its own."""
+
+    __slots__ = ("func", "record", "encode", "attempts", "waited")
+
+    def __init__(self, func: Callable[[Any], Any], record: Any,
+                 encode: Callable[[Any], bytes]) -> None:
+        self.func = func
+        self.record = record
+        self.encode = encode
+        self.attempts = 1  # the first ran in the batch
+        self.waited = False
+
+    def __call__(self) -> bytes:
+        if not self.waited:
+            self.waited = True
+            raise _Backoff
+        self.attempts += 1
+        value = self.func(self.record)
+        try:
+            return self.encode(value)
+        except Exception as exc:
+            raise _Unserializable("cannot serialize the result: " + _error_text(exc)) from None
+
+
+class Batch:
+    """Consecutive input lines run as one Pool task; written when all are settled."""
+
+    __slots__ = ("first_line", "start", "lines", "ends", "results", "nbytes", "future",
+                 "pos", "seconds")
+
+    def __init__(self, first_line: int, start: int, lines: list[Line],
+                 ends: list[int]) -> None:
+        self.first_line = first_line   # input line number of lines[0] (1-based)
+        self.start = start             # input offset of lines[0]
+        self.lines = lines             # raw lines, with their newline
+        self.ends = ends               # input offset just past each line
+        self.results: list[Any] = [None] * len(lines)
+        self.nbytes = ends[-1] - start
+        self.future: Future[Any] | None = None
+        self.pos = 0                   # lines[:pos] are written
+        self.seconds = 0.0             # time the batch ran, for the adaptive size
+
+
+def _pending(batch: Batch) -> bool:
+    """Whether some record of `batch` not written yet is running or waiting to."""
+    fut = batch.future
+    if fut is None:
+        return False
+    if not fut.done():
+        return True
+    return any(type(r) is _Retrying and not r.future.done()
+               for r in itertools.islice(batch.results, batch.pos, None))
+
+
+# -- input -----------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """The reader was interrupted while waiting for input."""
+
+
+class LineReader:
+    """Reads lines from a binary file descriptor without ever losing one to a signal.
+
+    Lines are handed out without their newline. Each read is split into lines in C
+    (bytes.split); a line spread over many reads grows in place in one bytearray, so
+    reading is linear in the input whatever the line lengths. On a pipe or terminal it
+    waits with select() in short steps, so an interruption or finished results are
+    handled while no input arrives. `offset` is the input offset past the last line
+    handed out, `lines` their count.
+    """
+
+    def __init__(self, f: IO[bytes], max_line_bytes: int | None = None,
+                 offset: int = 0, lines: int = 0) -> None:
+        self._fd = f.fileno()
+        mode = os.fstat(self._fd).st_mode
+        self.regular = stat.S_ISREG(mode)
+        self._pollable = not self.regular and sys.platform != "win32"
+        if offset:
+            os.lseek(self._fd, offset, os.SEEK_SET)
+        self.offset = offset
+        self.lines = lines
+        self.torn = False
+        self._max = max_line_bytes
+        self._lines: list[Line] = []  # whole lines of the last read ...
+        self._next = 0                # ... of which _lines[_next:] are not handed out
+        # The start of a line not complete yet, grown in place (handed out as the line
+        # itself: no joining copy), or only its first bytes once it is over
+        # max_line_bytes; _part_len counts all of it.
+        self._part = bytearray()
+        self._part_len = 0
+        self._eof = False
+
+    def _read(self, stop: threading.Event, idle: Callable[[], None]) -> bytes:
+        if self._pollable:
+            while not select.select([self._fd], [], [], 0.1)[0]:
+                if stop.is_set():
+                    raise _Stop
+                idle()
+        if stop.is_set():
+            raise _Stop
+        return os.read(self._fd, _CHUNK)
+
+    def _take(self, piece: bytes) -> None:
+        """Keep `piece`, the start (or more) of an unfinished line."""
+        self._part_len += len(piece)
+        if self._max is not None and self._part_len > self._max:
+            # Over the limit: keep a prefix for the dead letter, drop the rest as it comes.
+            if len(self._part) != _DEAD_PREFIX:
+                self._part = (self._part + piece)[:_DEAD_PREFIX]
+            return
+        self._part += piece
+
+    def _complete(self, tail: bytes, newline: int) -> Line:
+        """The line made of the kept start and `tail`."""
+        size = self._part_len + len(tail) + newline
+        part, self._part, self._part_len = self._part, bytearray(), 0
+        if self._max is not None and size > self._max:
+            return _long((part + tail)[:_DEAD_PREFIX], size)
+        part += tail
+        return part
+
+    def _add(self, data: bytes) -> None:
+        """Split a read into whole lines and the start of the next one."""
+        first: Line | None = None
+        if self._part_len:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self._take(data)
+                return
+            first = self._complete(data[:nl], 1)
+            data = data[nl + 1:]
+        split = data.split(b"\n")
+        tail = split.pop()
+        pieces: list[Line] = [] if first is None else [first]
+        pieces += split
+        limit = self._max
+        if limit is not None and pieces and max(map(len, pieces)) >= limit:
+            pieces = [_long(p[:_DEAD_PREFIX], len(p) + 1)
+                      if len(p) >= limit and type(p) is not _LongLine else p for p in pieces]
+        self._lines, self._next = pieces, 0
+        if tail:
+            self._take(tail)
+
+    def read_batch(self, max_lines: int, stop: threading.Event,
+                   idle: Callable[[], None]) -> tuple[list[Line], list[int]] | None:
+        """Up to `max_lines` whole lines and their end offsets; None at end of input.
+
+        Returns what one read brought rather than wait to fill the batch. Raises _Stop
+        when `stop` is set while waiting for input.
+        """
+        while self._next >= len(self._lines):
+            if self._eof:
+                if not self._part_len:
+                    return None
+                line = self._complete(b"", 0)  # the last line, without newline
+                self.lines += 1
+                self.offset += line.size if type(line) is _LongLine else len(line)
+                return [line], [self.offset]
+            data = self._read(stop, idle)
+            if data:
+                self._add(data)
+            else:
+                self._eof = True
+        start = self._next
+        batch = self._lines[start:start + max_lines]
+        sizes = [len(line) + 1 for line in batch]
+        if self._max is not None:
+            sizes = [line.size if isinstance(line, _LongLine) else n
+                     for line, n in zip(batch, sizes)]
+        ends = list(itertools.accumulate(sizes, initial=self.offset))[1:]
+        if ends[-1] - self.offset > _MAX_BATCH_BYTES and len(batch) > 1:
+            keep = max(1, bisect.bisect_right(ends, self.offset + _MAX_BATCH_BYTES))
+            del batch[keep:], ends[keep:]
+        self._next = start + len(batch)
+        self.lines += len(batch)
+        self.offset = ends[-1]
+        return batch, ends
+
+    def rest(self, deadline: float, abort: threading.Event) -> Iterator[bytes]:
+        """What is left of the input, to save, in pieces.
+
+        From a regular file, everything from the first line not handed out (re-read).
+        From a pipe, the buffered lines, then the rest of a line begun (read a byte at
+        a time, so not a byte past its newline is taken from the pipe) until `deadline`
+        or `abort`; afterwards `torn` is True when a line is left unfinished (or was
+        over --max-line-bytes: only its start was kept).
+        """
+        if self.regular:
+            os.lseek(self._fd, self.offset, os.SEEK_SET)
+            while data := os.read(self._fd, _CHUNK):
+                yield data
+            return
+        rest = self._lines[self._next:]
+        cut = (self._max is not None and self._part_len > self._max) or any(
+            type(line) is _LongLine for line in rest)
+        head = b"".join(bytes(line) + b"\n" for line in rest) + bytes(self._part)
+        self._lines, self._next, self._part, self._part_len = [], 0, bytearray(), 0
+        yield head
+        if cut:
+            self.torn = True
+            return
+        if self._eof or not head or head.endswith(b"\n"):
+            return
+        while time.monotonic() < deadline and not abort.is_set():
+            if self._pollable and not select.select([self._fd], [], [], 0.1)[0]:
+                continue
+            byte = os.read(self._fd, 1)
+            if not byte:
+                return  # end of input: a last line without newline
+            yield byte
+            if byte == b"\n":
+                return
+        self.torn = True
+
+
+def _long(prefix: bytes | bytearray, size: int) -> _LongLine:
+    line = _LongLine(prefix)
+    line.size = size
+    return line
+
+
+# -- output ----------------------------------------------------------------------------
+
+
+def _write_all(f: Any, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        view = view[n:]
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:  # not possible everywhere (Windows): best effort
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Sink:
+    """An unbuffered binary output file, opened on first write when `lazy` (so no empty
+    dead-letter file is left behind). `size` is what is written; `count` the lines."""
+
+    def __init__(self, path: str, lazy: bool, append_at: int | None = None,
+                 stdout: bool = False) -> None:
+        self.path = path
+        self.count = 0
+        self.size = 0
+        self._f: Any = None
+        self._created = False  # its directory entry is not fsync'd yet
+        if stdout:
+            sys.stdout.flush()  # anything printed before goes first
+            self._f = open(sys.stdout.fileno(), "wb", buffering=0, closefd=False)
+            self.path = "<stdout>"
+        elif append_at is not None:
+            self._open(append_at)
+        elif not lazy:
+            self._create()
+
+    def _create(self) -> None:
+        self._f = open(self.path, "wb", buffering=0)
+        self._created = True
+
+    def _open(self, at: int) -> None:
+        if at == 0:
+            self._create()
+        else:
+            self._f = open(self.path, "r+b", buffering=0)
+            if os.fstat(self._f.fileno()).st_size < at:  # truncate() would pad with zeros
+                self._f.close()
+                raise UsageError(f"cannot resume: {self.path!r} is shorter than at its "
+                                 "last checkpoint (was it changed?)")
+            self._f.truncate(at)
+            self._f.seek(at)
+        self.size = at
+
+    def write(self, data: bytes, lines: int) -> None:
+        if not data:
+            return
+        if self._f is None:
+            self._create()
+        try:
+            _write_all(self._f, data)
+        except BaseException:
+            self._undo()
+            raise
+        self.size += len(data)
+        self.count += lines
+
+    def _undo(self) -> None:
+        # A write that failed half-way: cut the file back, so no torn record stays.
+        try:
+            if self._f.seekable():
+                self._f.truncate(self.size)
+                self._f.seek(self.size)
+        except OSError:
+            pass
+
+    def sync(self) -> None:
+        if self._f is not None and self._f.seekable():
+            os.fsync(self._f.fileno())
+            if self._created:  # a new file survives a power loss once its entry does
+                _fsync_dir(self.path)
+                self._created = False
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+class Journal:
+    """`OUT.journal`: what `--resume` needs, written beside a regular OUT.
+
+    A JSON header line (the input file's identity and the command's record-shaping
+    options), then one JSON line per checkpoint: the input offset and line number up to
+    which every record is written, and the sizes of OUT and the dead-letter file at that
+    moment, plus the counters. The last line says `"done": true` when the run ended.
+
+    A checkpoint is appended only after OUT and the dead-letter file are fsync'd, and is
+    fsync'd itself (once a second, and at the end): whatever happens after it (SIGKILL,
+    power loss) the files hold at least what it records. `--resume` cuts them back to
+    its sizes (removing a torn last line and anything written past it), seeks the input
+    to its offset and carries on, so the files end byte for byte as an uninterrupted
+    run's. A torn last journal line is ignored (it does not parse).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._f: Any = None
+
+    @staticmethod
+    def read(path: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None, int]:
+        """(header, last checkpoint, bytes of valid lines); missing parts are None."""
+        with open(path, "rb") as f:
+            data = f.read()
+        header = last = None
+        good = 0
+        for raw in data.split(b"\n")[:-1]:  # the part after the last newline is torn
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                break
+            if not isinstance(entry, dict):
+                break
+            if header is None:
+                header = entry
+            else:
+                last = entry
+            good += len(raw) + 1
+        return header, last, good
+
+    def start(self, header: dict[str, Any], keep: int | None) -> None:
+        if keep is None:
+            self._f = open(self.path, "wb", buffering=0)
+            self.append(header)
+            _fsync_dir(self.path)
+        else:
+            self._f = open(self.path, "r+b", buffering=0)
+            self._f.truncate(keep)
+            self._f.seek(keep)
+
+    def append(self, entry: dict[str, Any]) -> None:
+        _write_all(self._f, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+def _input_identity(fd: int) -> dict[str, int]:
+    st = os.fstat(fd)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _check_output_path(what: str, path: str, taken: dict[tuple[int, int], str]) -> None:
+    """UsageError unless `path` can be written and names no input nor other output."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if not os.path.isdir(directory):
+            raise UsageError(f"cannot write {what}: no such directory: {directory!r}") from None
+        if not os.access(directory, os.W_OK):
+            raise UsageError(f"cannot write {what}: permission denied: {path!r}") from None
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot write {what}: {exc.strerror}: {path!r}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"cannot write {what}: is a directory: {path!r}")
+    other = taken.get((st.st_dev, st.st_ino))
+    if other is not None:
+        raise UsageError(f"{what} {path!r} is the same file as {other}")
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"cannot write {what}: permission denied: {path!r}")
+    if stat.S_ISREG(st.st_mode):
+        taken[(st.st_dev, st.st_ino)] = f"{what} {path!r}"
+
+
+# -- progress --------------------------------------------------------------------------
+
+
+class _Progress:
+    """tqdm when installed and stderr is a terminal; else one `\\r` line fitted to the
+    terminal and cleared at the end; with stderr not a terminal (and --progress) a
+    plain line every few seconds and at the end."""
+
+    def __init__(self, total_bytes: int | None, start_bytes: int) -> None:
+        self.tty = sys.stderr.isatty()
+        self._total = total_bytes
+        self._start_bytes = start_bytes
+        self._started = self._last = time.monotonic()
+        self._bar: Any = None
+        self._shown = 0
+        if self.tty:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                pass
+            else:
+                try:  # a terminal that reports no size (0 columns): tqdm shows nothing
+                    sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+                except OSError:
+                    sized = False
+                self._bar = tqdm(total=total_bytes, initial=start_bytes, unit="B",
+                                 unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                                 desc="fastpool run", leave=False, dynamic_ncols=sized,
+                                 ncols=None if sized else shutil.get_terminal_size().columns)
+
+    def update(self, offset: int, ok: int, failed: int, pending: int,
+               final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self._last < (0.2 if self.tty else 2.0):
+            return
+        self._last = now
+        if self._bar is not None:
+            self._bar.update(offset - self._bar.n)
+            self._bar.set_postfix_str(f"{ok} ok, {failed} failed", refresh=False)
+            return
+        took = max(now - self._started, 1e-9)
+        text = "fastpool run: "  # what matters most first: a narrow terminal cuts the end
+        if self._total:
+            speed = (offset - self._start_bytes) / took
+            text += f"{min(1.0, offset / self._total):.0%}, "
+            if speed > 0 and not final:
+                text += f"ETA {_clock((self._total - offset) / speed)}, "
+        text += (f"{ok} ok, {failed} failed, {pending} in flight, "
+                 f"{(ok + failed) / took:.0f} rec/s")
+        if self.tty:
+            width = shutil.get_terminal_size().columns - 1
+            text = text[:width]
+            pad = max(0, self._shown - len(text))
+            self._shown = len(text)
+            sys.stderr.write("\r" + text + " " * pad)
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.tty and self._shown:
+            sys.stderr.write("\r" + " " * self._shown + "\r")  # leave a clean line
+            sys.stderr.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return (f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+            if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}")
+
+
+# -- the runner ------------------------------------------------------------------------
+
+
+class Runner:
+    """One `fastpool run`: `prepare()` checks and opens everything (UsageError), `run()`
+    processes the input and returns the exit code. `interrupt(signum)` (from a signal
+    handler) stops it gracefully; a second call stops waiting for running records.
+
+    The arguments are `fastpool run`'s (an argparse.Namespace or alike).
+    """
+
+    def __init__(self, args: argparse.Namespace, func: Callable[[Any], Any]) -> None:
+        self.args = args
+        self.func = func
+        self.jsonl = args.format == "jsonl"
+        self.stop = threading.Event()    # first interruption: start nothing new
+        self.abort = threading.Event()   # second: stop waiting for running records
+        self.signum = 0
+        self.ok = self.failed = self.blank = self.unprocessed_count = 0
+        self.internal_error: str | None = None
+        self.abandoned = False           # records still running when run() returned
+        self._stopping = False           # read by the batches: start no new record
+        self.pool: fastpool.Pool | None = None
+        self._files: list[Any] = []
+        self.started = time.monotonic()
+
+    # -- setup ---------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Open the input, check every output path, open OUT and the journal."""
+        try:
+            self._prepare()
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self) -> None:
+        args = self.args
+        self.journal: Journal | None = None
+        if args.input == "-":
+            self.in_f = sys.stdin.buffer
+        else:
+            try:
+                self.in_f = open(args.input, "rb")
+            except OSError as exc:
+                raise UsageError(f"cannot open INPUT: {exc.strerror}: {args.input!r}") from None
+            self._files.append(self.in_f)
+        st = os.fstat(self.in_f.fileno())
+        regular_in = stat.S_ISREG(st.st_mode)
+        taken = {(st.st_dev, st.st_ino): "INPUT"}
+        to_stdout = args.output == "-"
+        base = "fastpool" if to_stdout else args.output
+        self.dead_path = args.dead_letter or base + ".dead-letter.jsonl"
+        self.unprocessed_path = args.unprocessed or base + ".unprocessed"
+        if not to_stdout:
+            _check_output_path("OUT", args.output, taken)
+        _check_output_path("--dead-letter", self.dead_path, taken)
+        _check_output_path("--unprocessed", self.unprocessed_path, taken)
+        resumable = regular_in and not to_stdout
+        journal_path = None if to_stdout else args.output + ".journal"
+        if resumable:
+            assert journal_path is not None
+            _check_output_path("the journal", journal_path, taken)
+            out_st = os.stat(args.output) if os.path.exists(args.output) else None
+            if out_st is not None and not stat.S_ISREG(out_st.st_mode):
+                resumable = False
+        if args.resume:
+            if not regular_in:
+                raise UsageError("--resume needs INPUT to be a regular file: input from a "
+                                 "pipe cannot be resumed")
+            if not resumable:
+                raise UsageError("--resume needs OUT to be a regular file (-o FILE)")
+        names = {n for p in (self.dead_path, self.unprocessed_path, journal_path) if p
+                 for n in [os.path.abspath(p)]}
+        if len(names) < 2 + (journal_path is not None) or (
+                not to_stdout and os.path.abspath(args.output) in names):
+            raise UsageError("OUT, --dead-letter, --unprocessed and the journal must be "
+                             "different files")
+
+        self.header = {"fastpool-run-journal": 1, "input": _input_identity(self.in_f.fileno()),
+                       "target": args.target, "format": args.format,
+                       "dead_letter": os.path.abspath(self.dead_path),
+                       "max_line_bytes": args.max_line_bytes}
+        offset = line = out_size = dead_size = 0
+        keep: int | None = None
+        self.done_before: dict[str, Any] | None = None
+        if args.resume:
+            assert journal_path is not None
+            offset, line, out_size, dead_size, keep = self._read_journal(journal_path)
+        self.reader = LineReader(self.in_f, args.max_line_bytes, offset, line)
+        self.total_bytes = st.st_size if regular_in else None
+        try:
+            if resumable:
+                assert journal_path is not None
+                self.journal = Journal(journal_path)
+                # The journal first: a fresh run's header is on disk before OUT is cut.
+                self.journal.start(self.header, keep)
+                self._files.append(self.journal)
+            self.out = _Sink(args.output, lazy=False, stdout=to_stdout,
+                             append_at=out_size if args.resume else None)
+            self._files.append(self.out)
+            # A previous run's files would be taken for this run's: a run without
+            # failures (so far, when resuming) has no dead-letter file, and the
+            # unprocessed records of an interrupted run are the ones being resumed.
+            for path, kept in ((self.dead_path, dead_size), (self.unprocessed_path, 0)):
+                if not kept and os.path.isfile(path):
+                    os.unlink(path)
+            self.dead = _Sink(self.dead_path, lazy=True,
+                              append_at=dead_size if dead_size else None)
+            self._files.append(self.dead)
+            self.unprocessed = _Sink(self.unprocessed_path, lazy=True)
+            self._files.append(self.unprocessed)
+        except OSError as exc:
+            raise UsageError(f"cannot open {exc.filename!r}: {exc.strerror}") from None
+
+    def _read_journal(self, path: str) -> tuple[int, int, int, int, int | None]:
+        try:
+            header, last, good = Journal.read(path)
+        except FileNotFoundError:
+            # Interrupted before it wrote its journal: nothing was committed yet.
+            print(f"fastpool run: no journal {path!r}: starting from the beginning",
+                  file=sys.stderr)
+            return 0, 0, 0, 0, None
+        except OSError as exc:
+            raise UsageError(f"cannot resume: {exc.strerror}: {path!r}") from None
+        if header is None:  # killed before the header was on disk: nothing was written
+            return 0, 0, 0, 0, None
+        if header != self.header:
+            changed = sorted(k for k in set(header) | set(self.header)
+                             if header.get(k) != self.header.get(k))
+            raise UsageError(f"cannot resume: {', '.join(changed)} changed since the "
+                             f"interrupted run (journal {path!r})")
+        if last is None:
+            return 0, 0, 0, 0, good
+        self.ok, self.failed, self.blank = last["ok"], last["failed"], last["blank"]
+        if last.get("done"):
+            self.done_before = last
+        return last["offset"], last["line"], last["out"], last["dead"], good
+
+    def close(self) -> None:
+        for f in reversed(self._files):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self._files.clear()
+
+    def interrupt(self, signum: int = signal.SIGINT) -> None:
+        """Stop gracefully (first call) or stop waiting (second). Signal-handler safe:
+        only sets flags; the main thread acts on them between short waits."""
+        if self.stop.is_set():
+            self.abort.set()
+        else:
+            self.signum = signum
+            self._stopping = True
+            self.stop.set()
+
+    # -- running ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Process the input; the exit code. Call prepare() first; closes the files."""
+        args = self.args
+        if self.done_before is not None:
+            self.close()
+            self._summary(already=True)
+            return EXIT_FAILED if self.failed else EXIT_OK
+        policy = None
+        if args.retries:
+            matches = args.retry_on if args.retry_on is not None else (
+                lambda exc: isinstance(exc, Exception))
+
+            def retry_on(exc: BaseException) -> bool:
+                return isinstance(exc, _Backoff) or (
+                    not isinstance(exc, _Unserializable) and matches(exc))
+            policy = fastpool.Retry(attempts=args.retries + 1, backoff=args.backoff,
+                                    retry_on=retry_on)
+        # No default retry: a batch never fails (it catches per record); only a failed
+        # record's own task carries the policy.
+        self.pool = pool = fastpool.Pool(args.workers, rate_limit=args.rate,
+                                         name="fastpool-run")
+        if args.metrics is not None:
+            args.metrics.add(pool)
+        self._policy = policy
+        self._encode = _encode_json if self.jsonl else _encode_line
+        self.in_flight = args.in_flight or 4 * pool.workers
+        self._per_record = 0.0
+        self._submitted = 0
+        self._finished = 0  # batches settled (callbacks in workers: under _count_lock)
+        self._count_lock = threading.Lock()
+        self._wake = threading.Event()
+        self.window: deque[Batch] = deque()
+        self._window_records = self._window_bytes = 0
+        self._last_checkpoint = time.monotonic()
+        self.started = time.monotonic()
+        show = args.progress if args.progress is not None else sys.stderr.isatty()
+        self.progress = _Progress(self.total_bytes, self.reader.offset) if show else None
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug of ours, or a file we cannot write
+            if isinstance(exc, KeyboardInterrupt):
+                self.interrupt(signal.SIGINT)
+            else:
+                self.internal_error = f"{type(exc).__name__}: {_safe_str(exc)}"
+            self._stopping = True
+            self.stop.set()
+        finally:
+            self._finish()
+        return self._exit_code()
+
+    def _loop(self) -> None:
+        reader, window = self.reader, self.window
+        wake = self._wake
+        while not self.stop.is_set():
+            # Cleared before looking: a callback setting it from now on ends the wait.
+            wake.clear()
+            self._write_done()
+            if (self._submitted - self._finished >= self.in_flight
+                    or (self._window_records >= _WINDOW_RECORDS
+                        or self._window_bytes >= _WINDOW_BYTES) and window):
+                wake.wait(0.1)
+                continue
+            start = reader.offset
+            try:
+                got = reader.read_batch(self._batch_size(), self.stop, self._idle)
+            except _Stop:
+                break
+            if got is None:
+                break
+            lines, ends = got
+            batch = Batch(reader.lines - len(lines) + 1, start, lines, ends)
+            if self.args.max_line_bytes is not None:
+                self._too_long(batch)
+            window.append(batch)
+            self._window_records += len(lines)
+            self._window_bytes += batch.nbytes
+            if self.stop.is_set():
+                break  # read but not started: saved with the window
+            self._submit(batch)
+        # End of input, or interrupted: write what finishes, in order.
+        deadline = None
+        while window and not self.abort.is_set():
+            wake.clear()
+            if deadline is None and self.stop.is_set():
+                self._stop_pool()
+                # A little over the pool's own grace, so its hand-back lands first.
+                deadline = time.monotonic() + self.args.grace + 0.5
+            if self._write_done():
+                continue
+            if deadline is not None and (time.monotonic() >= deadline
+                                         or not any(map(_pending, window))):
+                break  # past the grace period, or nothing left that may still finish
+            wake.wait(0.1)
+
+    def _too_long(self, batch: Batch) -> None:
+        # Dead-lettered as they are read: their text is not kept to be run or saved.
+        for i, line in enumerate(batch.lines):
+            if type(line) is _LongLine:
+                batch.results[i] = _Failed(
+                    f"line of {line.size} bytes exceeds --max-line-bytes "
+                    f"{self.args.max_line_bytes}", line.decode("utf-8", "replace"), 0)
+
+    def _batch_size(self) -> int:
+        per = self._per_record
+        if per <= 0 or self.args.rate:  # unknown yet; or the rate limit counts records
+            return 1
+        return max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / per)))
+
+    def _submit(self, batch: Batch) -> None:
+        assert self.pool is not None
+        try:
+            fut = self.pool.submit(self._run_batch, batch)
+        except RuntimeError:  # the pool is shut down: an interruption raced us
+            self._stopping = True
+            self.stop.set()
+            return
+        self._submitted += 1
+        batch.future = fut
+        fut.add_done_callback(self._on_batch_done)
+
+    def _on_batch_done(self, fut: Future[Any]) -> None:
+        with self._count_lock:
+            self._finished += 1
+        self._wake.set()
+
+    def _on_retry_done(self, fut: Future[Any]) -> None:
+        self._wake.set()
+
+    def _idle(self) -> None:
+        # The reader waits for a pipe: write what finished meanwhile.
+        self._write_done()
+
+    # -- in a worker -----------------------------------------------------------------
+
+    def _run_batch(self, batch: Batch) -> None:
+        """Parse, call and encode each line of `batch` (in a worker thread)."""
+        func, encode, jsonl = self.func, self._encode, self.jsonl
+        results = batch.results
+        first = batch.first_line
+        started = time.perf_counter()
+        for i, raw in enumerate(batch.lines):
+            if self._stopping:
+                break  # interrupted: start no new record; the rest stays None
+            if results[i] is not None:
+                continue  # settled when read (an over-long line)
+            if jsonl:
+                if not raw or raw.isspace():  # no copy, unlike strip(): lines may be huge
+                    results[i] = _SKIP
+                    continue
+                try:
+                    # Bytes straight to json.loads (one transient decoded copy instead of
+                    # two kept ones), unless its encoding guess could be other than
+                    # UTF-8: a NUL or a BOM in the first bytes.
+                    if raw[:4].isascii() and b"\x00" not in raw[:4]:
+                        record = json.loads(raw)
+                    else:
+                        record = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as exc:
+                    results[i] = _Failed(f"invalid UTF-8: {exc}",
+                                         raw.decode("utf-8", "replace").rstrip("\r\n"), 0)
+                    continue
+                except ValueError as exc:
+                    results[i] = _Failed(f"invalid JSON: {exc}",
+                                         raw.decode("utf-8").strip(), 0)
+                    continue
+            else:
+                record = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+            try:
+                value = func(record)
+            except BaseException as exc:  # SystemExit too: the record's failure
+                results[i] = self._failed(record, exc, first + i)
+                continue
+            try:
+                results[i] = encode(value)
+            except BaseException as exc:
+                results[i] = _Failed("cannot serialize the result: " + _error_text(exc),
+                                     record, 1)
+        batch.seconds = time.perf_counter() - started
+
+    def _failed(self, record: Any, exc: BaseException, line_no: int) -> Any:
+        if self._policy is None or not self._policy.should_retry(exc):
+            return _Failed(_error_text(exc), record, 1)
+        assert self.pool is not None
+        call = _RetryCall(self.func, record, self._encode)
+        try:
+            fut = self.pool.schedule(call, retry=self._policy, key=line_no)
+        except RuntimeError:  # shut down by an interruption: the record is unfinished
+            return None
+        fut.add_done_callback(self._on_retry_done)
+        return _Retrying(fut, call)
+
+    # -- writing (main thread) -------------------------------------------------------
+
+    def _write_done(self) -> bool:
+        """Write the finished batches at the head of the window; True if any progress."""
+        window = self.window
+        progressed = False
+        while window:
+            batch = window[0]
+            fut = batch.future
+            if fut is None or not fut.done():
+                break
+            if fut.cancelled() or fut.exception() is not None:
+                if not fut.cancelled():  # _run_batch raised: a bug of ours
+                    self._internal(_error_text(fut.exception()))  # type: ignore[arg-type]
+                break
+            if batch.seconds and len(batch.lines):
+                per = batch.seconds / len(batch.lines)
+                self._per_record = per if not self._per_record else (
+                    0.7 * self._per_record + 0.3 * per)
+            before = batch.pos
+            complete = self._write_batch(batch)
+            progressed |= batch.pos > before
+            if not complete:
+                break
+            window.popleft()
+            self._window_records -= len(batch.lines)
+            self._window_bytes -= batch.nbytes
+            if time.monotonic() - self._last_checkpoint >= _CHECKPOINT_SECONDS:
+                self._checkpoint()
+        self._show()
+        return progressed
+
+    def _settle(self, r: _Retrying) -> Any:
+        """A finished retry as an outcome."""
+        fut = r.future
+        if fut.cancelled():  # handed back by the shutdown of an interrupted run
+            return None
+        exc = fut.exception()
+        if exc is None:
+            return fut.result()
+        # The pool keeps failures after retries as dead letters too; ours are written to
+        # the dead-letter file, so the pool's copies are dropped as they come.
+        assert self.pool is not None
+        self.pool.dead_letters.drain()
+        text = _safe_str(exc) if isinstance(exc, _Unserializable) else _error_text(exc)
+        return _Failed(text, r.call.record, r.call.attempts)
+
+    def _write_batch(self, batch: Batch) -> bool:
+        """Write batch.results[pos:] up to the first unsettled one; True if all written."""
+        results, lines = batch.results, batch.lines
+        out: list[bytes] = []
+        dead: list[bytes] = []
+        ok = failed = blank = 0
+        i = start = batch.pos
+        n = len(lines)
+        complete = True
+        while i < n:
+            r = results[i]
+            if type(r) is bytes:
+                out.append(r)
+                ok += 1
+            elif r is _SKIP:
+                blank += 1
+            elif type(r) is _Failed:
+                try:
+                    dead.append(_encode_dead(batch.first_line + i, r))
+                    failed += 1
+                except Exception as exc:  # cannot happen, but never lose the record
+                    self._save_lines([lines[i]])
+                    self._internal("cannot encode a dead letter: " + _error_text(exc))
+            elif type(r) is _Retrying:
+                if not r.future.done():
+                    complete = False
+                    break
+                results[i] = self._settle(r)
+                continue
+            else:  # None: not run (interrupted)
+                complete = False
+                break
+            i += 1
+        if i == start:
+            return complete
+        try:
+            self.out.write(b"".join(out), ok)
+        except Exception as exc:
+            self._save_lines([lines[j] for j in range(start, i)
+                              if type(results[j]) is bytes])
+            self._internal(f"cannot write {self.out.path!r}: " + _error_text(exc))
+            ok = 0
+        try:
+            self.dead.write(b"".join(dead), len(dead))
+        except Exception as exc:
+            self._save_lines([lines[j] for j in range(start, i)
+                              if type(results[j]) is _Failed])
+            self._internal(f"cannot write {self.dead.path!r}: " + _error_text(exc))
+            failed = 0
+        self.ok += ok
+        self.failed += failed
+        self.blank += blank
+        batch.pos = i
+        return complete
+
+    def _internal(self, error: str) -> None:
+        """The runner cannot go on: stop as if interrupted, remembering why. No more
+        checkpoints: the last one stays valid (the files only grew past it)."""
+        if self.internal_error is None:
+            self.internal_error = error
+        self._stopping = True
+        self.stop.set()
+
+    def _save_lines(self, lines: list[Line]) -> None:
+        """Raw input lines to UNPROCESSED, so the file can be fed back as INPUT."""
+        data = b"".join(line + b"\n" for line in lines)
+        self.unprocessed.write(data, len(lines))
+        self.unprocessed_count += len(lines)
+
+    def _checkpoint(self, done: bool = False) -> None:
+        self._last_checkpoint = time.monotonic()
+        if self.journal is None or self.internal_error is not None:
+            return
+        head = self.window[0] if self.window else None
+        if head is not None and head.pos:
+            offset, line = head.ends[head.pos - 1], head.first_line + head.pos - 1
+        elif head is not None:
+            offset, line = head.start, head.first_line - 1
+        else:
+            offset, line = self.reader.offset, self.reader.lines
+        self.out.sync()
+        self.dead.sync()
+        entry = {"offset": offset, "line": line, "out": self.out.size,
+                 "dead": self.dead.size, "ok": self.ok, "failed": self.failed,
+                 "blank": self.blank}
+        if done:
+            entry["done"] = True
+        self.journal.append(entry)
+
+    def _stop_pool(self) -> None:
+        assert self.pool is not None
+        # Queued batches are handed back at once; running ones (and waiting retries) get
+        # --grace seconds. In a thread, so the main thread keeps writing results.
+        threading.Thread(target=self.pool.shutdown, name="fastpool-run-shutdown",
+                         daemon=True, kwargs={"wait": True, "cancel_futures": True,
+                                              "timeout": self.args.grace}).start()
+
+    def _finish(self) -> None:
+        """After the loop: checkpoint, save what did not finish, close everything."""
+        try:
+            interrupted = self.stop.is_set()
+            # Everything before the first unfinished record is written: the last
+            # checkpoint (the final one if nothing is left).
+            self._checkpoint(done=not interrupted and not self.window)
+            leftovers: list[Line] = []
+            for batch in self.window:
+                self._write_late(batch, leftovers)
+            self.window.clear()
+            if leftovers:
+                self._save_lines(leftovers)
+            if interrupted:
+                self._save_rest()
+        except BaseException as exc:
+            if self.internal_error is None:
+                self.internal_error = _error_text(exc)
+        finally:
+            still = False
+            if self.pool is not None:
+                still = self.pool.stats().running > 0
+                self.pool.shutdown(wait=not still, cancel_futures=True)
+            self.abandoned = still
+            if self.progress is not None:
+                self.progress.update(self.reader.offset, self.ok, self.failed, 0, final=True)
+                self.progress.close()
+            self.close()
+        self._summary()
+
+    def _write_late(self, batch: Batch, leftovers: list[Line]) -> None:
+        """An interrupted run's records past the first unfinished one: what finished is
+        written (past the checkpoint: a resume redoes it), the rest saved, in order."""
+        results = batch.results
+        for i in range(batch.pos, len(batch.lines)):
+            r = results[i]
+            if type(r) is _Retrying:
+                r = self._settle(r) if r.future.done() else None
+            if r is None:
+                leftovers.append(batch.lines[i])
+                continue
+            if leftovers:
+                self._save_lines(leftovers)
+                leftovers.clear()
+            if type(r) is bytes:
+                self.out.write(r, 1)
+                self.ok += 1
+            elif type(r) is _Failed:
+                self.dead.write(_encode_dead(batch.first_line + i, r), 1)
+                self.failed += 1
+            else:
+                self.blank += 1
+
+    def _save_rest(self) -> None:
+        """The input not read yet, to UNPROCESSED (from a pipe: up to a whole line)."""
+        deadline = time.monotonic() + min(self.args.grace, 2.0)
+        reader = self.reader
+        last = b""
+        for piece in reader.rest(deadline, self.abort):
+            if piece:
+                lines = piece.count(b"\n")
+                self.unprocessed.write(piece, lines)
+                self.unprocessed_count += lines
+                reader.lines += lines
+                last = piece
+        if last and not last.endswith(b"\n"):
+            if not reader.torn:
+                self.unprocessed.write(b"\n", 1)  # the input's last line had none
+            self.unprocessed_count += 1
+            reader.lines += 1
+
+    def _show(self) -> None:
+        if self.progress is not None:
+            self.progress.update(self.reader.offset, self.ok, self.failed,
+                                 self._window_records)
+
+    def _exit_code(self) -> int:
+        if self.internal_error is not None:
+            return EXIT_INTERNAL
+        if self.stop.is_set():
+            return 128 + (self.signum or signal.SIGINT)
+        return EXIT_FAILED if self.failed else EXIT_OK
+
+    def _summary(self, already: bool = False) -> None:
+        took = time.monotonic() - self.started
+        parts = [f"{self.ok} succeeded"]
+        if self.failed:
+            parts.append(f"{self.failed} failed -> {self.dead_path}")
+        if self.internal_error is not None:
+            parts.append(f"internal error ({self.internal_error}): {self.unprocessed_count} "
+                         f"unprocessed -> {self.unprocessed_path}")
+        elif self.stop.is_set():
+            sig = signal.Signals(self.signum).name if self.signum else "signal"
+            parts.append(f"interrupted by {sig}: {self.unprocessed_count} unprocessed -> "
+                         f"{self.unprocessed_path}")
+            if not self.reader.regular:
+                parts.append(f"{self.reader.lines} lines were read from the input")
+                if self.reader.torn:
+                    parts.append("the last of them is incomplete (no newline came)")
+        if self.blank:
+            parts.append(f"{self.blank} blank lines skipped")
+        if already:
+            print(f"fastpool run: already complete: {', '.join(parts)}", file=sys.stderr)
+            return
+        print(f"fastpool run: {', '.join(parts)} in {took:.2f} s", file=sys.stderr)
+
+
+class RecordCollector:
+    """fastpool_run_records_total{outcome}: the run's records, counted where they end
+    (the pool's own metrics count its tasks, batches of records)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+
+    def collect(self) -> Any:
+        from prometheus_client.metrics_core import CounterMetricFamily
+
+        r = self._runner
+        family = CounterMetricFamily("fastpool_run_records",
+                                     "fastpool run: input records by where they ended",
+                                     labels=["outcome"])
+        for outcome, value in (("succeeded", r.ok), ("failed", r.failed),
+                               ("unprocessed", r.unprocessed_count), ("blank", r.blank)):
+            family.add_metric([outcome], value)
+        yield family
