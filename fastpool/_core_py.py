@@ -503,7 +503,10 @@ def run_worker(queue: WorkQueue, idle_timeout: float | None = None,
 N_SUBMITTED, N_QUEUED, N_RUNNING, N_RETRYING, N_SUCCEEDED, N_FAILED = 0, 1, 2, 3, 4, 5
 N_CANCELLED, N_NOT_STARTED, N_RETRIED, N_DEAD_LETTERED, N_REJECTED = 6, 7, 8, 9, 10
 OUTSIDE = -1
-TASK_QUEUED, TASK_RUNNING, TASK_RETRY, TASK_SETTLING, TASK_DONE, TASK_ABANDONED = range(6)
+# TASK_OVERDUE: its deadline passed (its future failed) while its call still runs;
+# it stays counted running until the call returns.
+TASK_QUEUED, TASK_RUNNING, TASK_RETRY, TASK_SETTLING, TASK_DONE, TASK_ABANDONED, \
+    TASK_OVERDUE = range(7)
 SAMPLE_WINDOW = 4096
 SAMPLE_EVERY = 8
 _NCOUNT = 11

@@ -1069,7 +1069,10 @@ N_SUBMITTED, N_QUEUED, N_RUNNING, N_RETRYING, N_SUCCEEDED, N_FAILED = 0, 1, 2, 3
 N_CANCELLED, N_NOT_STARTED, N_RETRIED, N_DEAD_LETTERED, N_REJECTED = 6, 7, 8, 9, 10
 OUTSIDE = -1
 # Task states (PoolTask.state); see fastpool/pool.py.
-TASK_QUEUED, TASK_RUNNING, TASK_RETRY, TASK_SETTLING, TASK_DONE, TASK_ABANDONED = range(6)
+# TASK_OVERDUE: its deadline passed (its future failed) while its call still runs;
+# it stays counted running until the call returns.
+TASK_QUEUED, TASK_RUNNING, TASK_RETRY, TASK_SETTLING, TASK_DONE, TASK_ABANDONED, \
+    TASK_OVERDUE = range(7)
 # Latency samples kept: the last SAMPLE_WINDOW sampled tasks; one task in
 # SAMPLE_EVERY is sampled (two clock reads).
 SAMPLE_WINDOW = 4096
