@@ -25,8 +25,9 @@ import contextvars
 import itertools
 import logging
 import math
-import signal
 import os
+import signal
+import sys
 import threading
 import weakref
 from concurrent.futures import CancelledError, _base
@@ -76,6 +77,9 @@ _RUNNING = _base.RUNNING
 _REQUEUE_DELAY = 0.005
 # Idle workers look at the pool at least this often (idle retirement, resize down).
 _MAX_IDLE_POLL = 1.0
+# A bounded queue allocates its slots up front (16 bytes each: 256 MiB at this size);
+# larger bounds would fail to allocate, or worse, succeed and exhaust memory later.
+MAX_QUEUE_SIZE = 1 << 24
 
 
 # -- futures --------------------------------------------------------------------------
@@ -298,7 +302,7 @@ class _Signals:
                 kill(main, self.signum)
             else:  # Windows: cannot interrupt a wait, at least not lose the exit
                 import _thread
-                _thread.interrupt_main(self.signum)
+                _thread.interrupt_main(signal.Signals(self.signum))
             sleep(0.05)
             if not threading.main_thread().is_alive():
                 return
@@ -363,6 +367,8 @@ class Pool(ThreadPoolExecutor):
             raise TypeError(f"`workers` must be an int, got {workers!r}")
         if workers < 1:
             raise ValueError(f"`workers` must be >= 1, got {workers}")
+        if workers > sys.maxsize:
+            raise ValueError(f"`workers` must be <= sys.maxsize, got {workers}")
         if min_workers is None:
             min_workers = 0
         if isinstance(min_workers, bool) or not isinstance(min_workers, int):
@@ -377,6 +383,9 @@ class Pool(ThreadPoolExecutor):
             raise TypeError(f"`queue_size` must be an int or None, got {queue_size!r}")
         if queue_size < 0:
             raise ValueError(f"`queue_size` must be >= 0, got {queue_size}")
+        if queue_size > MAX_QUEUE_SIZE:
+            raise ValueError(f"`queue_size` must be <= {MAX_QUEUE_SIZE} (None: unbounded), "
+                             f"got {queue_size}")
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(f"`retry` must be a Retry or None, got {retry!r}")
         if not isinstance(name, str):
@@ -1133,8 +1142,10 @@ class Pool(ThreadPoolExecutor):
         q = self._work_queue
         counts = self._ledger.counts()
         waits, runs = self._ledger.latencies()
-        return Stats(len(self._threads), q.idle_workers, *counts, *percentiles(waits),
-                     *percentiles(runs), dead_letters_dropped=self.dead_letters.dropped)
+        values: tuple[Any, ...] = (len(self._threads), q.idle_workers, *counts,
+                                   *percentiles(waits), *percentiles(runs),
+                                   self.dead_letters.dropped)
+        return Stats(*values)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued, running or waiting to retry; the pool stays open.
@@ -1373,7 +1384,7 @@ class Pool(ThreadPoolExecutor):
                 if frame is not None and _inside_fastpool(frame):
                     return  # the watcher sends it again in a moment
                 state.exit_raised = True
-                raise SystemExit(128 + state.signum)
+                raise SystemExit(128 + (state.signum or signum))
             state.count += 1
             if state.count == 1:
                 state.signum = signum
