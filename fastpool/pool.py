@@ -34,7 +34,7 @@ from concurrent.futures import CancelledError, _base
 from dataclasses import dataclass, field
 from time import monotonic, sleep, time
 from typing import (Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, NamedTuple,
-                    TypeVar)
+                    NoReturn, TypeVar)
 
 from . import executor as _executor
 from ._compat import core
@@ -67,6 +67,7 @@ N_RETRYING = core.N_RETRYING
 N_SUCCEEDED, N_FAILED, N_CANCELLED = core.N_SUCCEEDED, core.N_FAILED, core.N_CANCELLED
 N_NOT_STARTED, N_RETRIED = core.N_NOT_STARTED, core.N_RETRIED
 N_DEAD_LETTERED, N_REJECTED = core.N_DEAD_LETTERED, core.N_REJECTED
+PUT_OK, PUT_FULL, PUT_CLOSED = core.PUT_OK, core.PUT_FULL, core.PUT_CLOSED
 clock = core.clock
 
 _PENDING = _base.PENDING
@@ -80,6 +81,13 @@ _MAX_IDLE_POLL = 1.0
 # A bounded queue allocates its slots up front (16 bytes each: 256 MiB at this size);
 # larger bounds would fail to allocate, or worse, succeed and exhaust memory later.
 MAX_QUEUE_SIZE = 1 << 24
+# A producer waiting for room looks again at least this often (it is woken when a
+# worker takes a task; this is the backstop).
+_ROOM_POLL = 0.1
+
+
+class _Refused(Exception):
+    """_put: the pool closed (raised, then turned into the closed error)."""
 
 
 # -- futures --------------------------------------------------------------------------
@@ -414,6 +422,7 @@ class Pool(ThreadPoolExecutor):
         self._lock = threading.Lock()
         self._shutdown_lock = self._lock  # the base class's name for it
         self._cond = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)  # producers waiting for queue room
         self._close_when_idle = False
         # The counters, the running tasks, the latency samples, and the flags the
         # native fast path reads (closed, collecting, watch): see core.Ledger.
@@ -498,79 +507,114 @@ class Pool(ThreadPoolExecutor):
         return self._ledger.task(self, fn, args, kwargs, opts, retry)
 
     def _put(self, task: _Task, timeout: float | None, count_rejected: bool = True) -> bool:
-        """Accept and queue a new task; False if the queue stayed full for `timeout` s."""
+        """Accept and queue a new task; False if the queue stayed full for `timeout` s.
+
+        The task is counted (submitted, queued) in the step that queues it
+        (Ledger.admit): a producer waiting for room is in no counter, so live
+        `submitted` never goes back and `queued` never exceeds the queue's bound; and
+        it raises the closed error as soon as shutdown begins."""
         started = False
         if not self._threads:
             # Start a worker before the task is accepted, so that failing to start a
             # thread (RuntimeError) leaves no task queued that nobody can run.
             self._adjust_thread_count()
             started = bool(self._threads)
-        lock = self._lock
-        lock.acquire()
-        if self._shutdown or self._broken or _executor._shutdown:
-            lock.release()
-            if started and self._fail_on_broken_start(task):
-                return True
-            self._raise_closed()
         ledger = self._ledger
-        ledger.move(OUTSIDE, N_QUEUED)
-        lock.release()
         # One task in SAMPLE_EVERY has its latencies recorded (two clock reads each).
         if ledger.sampled():
             task.t_queued = clock()
         opts = task.opts
-        if opts is not None and opts.token is not None:
-            if opts.token.cancelled:
-                # Never runs: counted as submitted and cancelled, never queued.
-                with lock:
-                    ledger.move(N_QUEUED, N_CANCELLED)
-                    task.state = DONE
-                task.future.cancel()
-                return True
-            opts.cb_handle = opts.token.add_callback(_cancel_future(task.future))
-        q = self._work_queue
+        st = PUT_CLOSED
         try:
-            queued = q.put_nowait(task)
-        except QueueClosed:
-            self._unput(task, False)
-            if started and self._fail_on_broken_start(task):
-                return True
-            self._raise_closed()
-        if not queued:
-            return self._put_full(task, timeout, count_rejected)
-        # Checked after the put: a worker retiring at this moment either sees this
-        # task in the queue (and stays), or has already left the idle count.
-        if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
-            self._adjust_thread_count()
-        return True
-
-    def _put_full(self, task: _Task, timeout: float | None, count_rejected: bool) -> bool:
-        """The queue was full: wait for room up to `timeout` s (None: for ever)."""
-        q = self._work_queue
-        if timeout is None and _in_worker_of(self):
-            # A task of this pool blocking on its own full queue could wait for ever
-            # (every worker doing the same): run the new task here instead.
-            task.run()
-            return True
-        try:
-            if timeout == 0.0:
-                ok = False
-            else:
+            if opts is not None and opts.token is not None:
+                if opts.token.cancelled:
+                    # Never runs: counted as submitted and cancelled, never queued.
+                    with self._lock:
+                        if not ledger.closed:
+                            ledger.move(OUTSIDE, N_CANCELLED)
+                            task.state = DONE
+                            st = PUT_OK
+                    if st == PUT_OK:
+                        task.future.cancel()
+                        return True
+                    raise _Refused
+                opts.cb_handle = opts.token.add_callback(_cancel_future(task.future))
+            st = ledger.admit(task)
+            if st == PUT_FULL and timeout != 0.0:
+                if timeout is None and _in_worker_of(self):
+                    # A task of this pool blocking on its own full queue could wait for
+                    # ever (every worker doing the same): run the new task here instead.
+                    with self._lock:
+                        if not ledger.closed:
+                            ledger.move(OUTSIDE, N_QUEUED)
+                            st = PUT_OK
+                    if st == PUT_OK:
+                        task.run()
+                        return True
+                    raise _Refused
                 # Make sure the workers that will make room exist, then wait.
                 self._adjust_thread_count()
-                ok = q.put(task, timeout)
-        except QueueClosed:
-            self._unput(task, False)
-            self._raise_closed()
+                st = self._wait_room(task, timeout)
+        except _Refused:
+            st = PUT_CLOSED
         except BaseException:
-            self._unput(task, False)
+            self._unhook(task)
             raise
-        if not ok:
-            self._unput(task, count_rejected)
+        if st == PUT_OK:
+            # Checked after the put: a worker retiring at this moment either sees this
+            # task in the queue (and stays), or has already left the idle count.
+            q = self._work_queue
+            if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
+                self._adjust_thread_count()
+            return True
+        self._unhook(task)
+        if st == PUT_FULL:
+            if count_rejected:
+                ledger.move(OUTSIDE, OUTSIDE, N_REJECTED)
             return False
-        if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
-            self._adjust_thread_count()
-        return True
+        if started and self._fail_on_broken_start(task):
+            return True
+        self._raise_closed()
+
+    def _wait_room(self, task: _Task, timeout: float | None) -> int:
+        """Wait for room in the bounded queue and admit the task: PUT_OK, PUT_FULL after
+        `timeout` s, PUT_CLOSED as soon as shutdown begins."""
+        end = None if timeout is None else monotonic() + timeout
+        ledger = self._ledger
+        with self._lock:
+            # Registered before each try: a worker that takes a task after the try sees
+            # a waiter and notifies (_room_made, under this lock, held until we wait).
+            ledger.add_room_waiter(1)
+            try:
+                while True:
+                    st = ledger.admit(task)
+                    if st != PUT_FULL:
+                        return st
+                    step = _ROOM_POLL
+                    if end is not None:
+                        step = min(step, end - monotonic())
+                        if step <= 0:
+                            return PUT_FULL
+                    self._room.wait(step)
+            finally:
+                ledger.add_room_waiter(-1)
+
+    def _room_made(self) -> None:
+        # A worker took a task while producers wait for room (see _wait_room).
+        with self._lock:
+            self._room.notify_all()
+
+    def _wake_producers(self) -> None:
+        with self._lock:
+            self._room.notify_all()
+
+    def _unhook(self, task: _Task) -> None:
+        # A task that was not accepted: drop its hook on the caller's token.
+        task.state = DONE
+        opts = task.opts
+        if opts is not None and opts.cb_handle is not None:
+            opts.token.remove_callback(opts.cb_handle)
+            opts.cb_handle = None
 
     def _fail_on_broken_start(self, task: _Task) -> bool:
         """The worker this call started may have failed its initializer before the task
@@ -584,16 +628,7 @@ class Pool(ThreadPoolExecutor):
         task.future.set_exception(BrokenThreadPool(self._broken))
         return True
 
-    def _unput(self, task: _Task, rejected: bool) -> None:
-        opts = task.opts
-        if opts is not None and opts.cb_handle is not None:
-            opts.token.remove_callback(opts.cb_handle)
-        with self._lock:
-            task.state = DONE
-            if self._ledger.move(N_QUEUED, OUTSIDE, N_REJECTED if rejected else -1):
-                self._check_idle()
-
-    def _raise_closed(self) -> None:
+    def _raise_closed(self) -> NoReturn:
         if self._broken:
             raise BrokenThreadPool(self._broken)
         if self._shutdown:
@@ -718,6 +753,8 @@ class Pool(ThreadPoolExecutor):
         """PoolTask.run() of a task with options, or of any task when rate-limited or
         on a backend."""
         try:
+            if self._ledger.room_waiters:
+                self._room_made()  # taking this task made room in the queue
             if task.opts is None and self._backend is None:
                 if self._pacer is not None:
                     self._pace(task.future)
@@ -978,45 +1015,37 @@ class Pool(ThreadPoolExecutor):
         with self._lock:
             if task.state != RETRY:
                 return
-            requeue = abandoned = False
+            abandoned = requeue = False
             if fut.cancelled():
                 task.state = DONE  # its caller cancelled it while it waited
                 ledger.move(N_RETRYING, N_CANCELLED)
             elif ledger.collecting:
                 abandoned = self._abandon(task, N_RETRYING)
             else:
+                # QUEUED before it is in the queue: a worker may take it at once.
                 task.state = QUEUED
-                ledger.move(N_RETRYING, N_QUEUED)
-                requeue = True
+                task.t_queued = clock()
+                st = ledger.admit(task, N_RETRYING)  # counted queued as it is queued
+                if st == PUT_OK:
+                    requeue = True
+                else:
+                    task.state = RETRY
+                    if st == PUT_FULL:
+                        # Try again shortly, without blocking the timer thread.
+                        self._timer.call_at(monotonic() + _REQUEUE_DELAY, self._retry_due,
+                                            task)
+                        return
+                    # Closed (interpreter exit, broken pool): hand it back.
+                    abandoned = self._abandon(task, N_RETRYING)
             if not requeue and ledger.watch:
                 self._check_idle()
         if not requeue:
             self._drop(task, abandoned)
             return
-        task.t_queued = clock()
+        # Idle workers may all have retired during the backoff.
         q = self._work_queue
-        try:
-            ok = q.put_nowait(task)
-        except QueueClosed:
-            ok = None
-        if ok:
-            # Idle workers may all have retired during the backoff.
-            if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
-                self._adjust_thread_count()
-            return
-        with self._lock:
-            if task.state != QUEUED:
-                return
-            if ok is not None:  # full: try again shortly, without blocking the timer
-                task.state = RETRY
-                ledger.move(N_QUEUED, N_RETRYING)
-                self._timer.call_at(monotonic() + _REQUEUE_DELAY, self._retry_due, task)
-                return
-            # Closed (interpreter exit, broken pool): hand it back.
-            abandoned = self._abandon(task, N_QUEUED)
-            if ledger.watch:
-                self._check_idle()
-        self._drop(task, abandoned)
+        if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
+            self._adjust_thread_count()
 
     def _deadline_due(self, task: _Task) -> None:
         """Timer thread: the task's deadline passed."""
@@ -1141,6 +1170,15 @@ class Pool(ThreadPoolExecutor):
         """A consistent snapshot of the counters, with latency percentiles."""
         q = self._work_queue
         counts = self._ledger.counts()
+        bound = self._queue_size
+        if bound and counts[N_QUEUED] > bound:
+            # Tasks a worker took from a full queue but has not started (about to, or
+            # waiting for its rate-limit slot) are in a worker's hands: shown running.
+            extra = counts[N_QUEUED] - bound
+            c = list(counts)
+            c[N_QUEUED] -= extra
+            c[N_RUNNING] += extra
+            counts = tuple(c)
         waits, runs = self._ledger.latencies()
         values: tuple[Any, ...] = (len(self._threads), q.idle_workers, *counts,
                                    *percentiles(waits), *percentiles(runs),
@@ -1284,9 +1322,6 @@ class Pool(ThreadPoolExecutor):
         for t in list(self._threads):
             _executor._threads_queues.pop(t, None)
 
-    def _wake_producers(self) -> None:
-        pass
-
     def _collect(self) -> list[Task]:
         """Hand back everything not started: queued, waiting to retry, in transit."""
         ledger = self._ledger
@@ -1298,6 +1333,7 @@ class Pool(ThreadPoolExecutor):
         items = q.drain()
         dropped = []
         with self._lock:
+            self._room.notify_all()  # (producers: the ledger is closed, they raise)
             for task, src in self._take_unstarted(items):
                 self._abandon(task, src)
                 dropped.append(task)

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from fastpool import CancelToken, DeadlineExceeded, Pool, Retry, current_token
+from fastpool import CancelToken, DeadlineExceeded, Pool, QueueFull, Retry, current_token
 from fastpool import _timer
 from pool_support import (PROMPT, Gate, check_invariant, fail, gate, make_pool, ok,  # noqa: F401
                           wait_until)
@@ -329,3 +329,93 @@ def test_dead_letters_maxlen_counts_what_it_drops(make_pool):
         Pool(1, dead_letter_maxlen=0)
     with pytest.raises(TypeError):
         Pool(1, dead_letter_maxlen=2.5)
+
+
+def _watch_stats(pool, stop, seen, bound):
+    """Sample stats() until `stop`: record a decrease of `submitted`, or `queued` over
+    `bound`, or counters that do not add up."""
+    last = 0
+    while not stop.is_set():
+        s = pool.stats()
+        if s.submitted < last:
+            seen.append(f"submitted went from {last} to {s.submitted}")
+        if bound is not None and s.queued > bound:
+            seen.append(f"queued {s.queued} > queue_size {bound}")
+        try:
+            check_invariant(s)
+        except AssertionError as exc:
+            seen.append(str(exc))
+        last = s.submitted
+
+
+@pytest.mark.parametrize("rate_limit", [None, 2000.0])
+def test_live_stats_hold_while_shutdown_races_submits(rate_limit):
+    bound = 10
+    pool = Pool(4, queue_size=bound, rate_limit=rate_limit)
+    stop = threading.Event()
+    seen: list[str] = []
+    refused = []
+
+    def producer(i):
+        n = 0
+        try:
+            while True:
+                if n % 3 == 0:
+                    pool.try_submit(ok, n)
+                elif n % 3 == 1:
+                    pool.submit(ok, n)
+                else:
+                    try:
+                        pool.schedule(ok, (n,), timeout=0.0005)
+                    except QueueFull:
+                        pass
+                n += 1
+        except RuntimeError:
+            refused.append(i)  # the pool closed: expected
+
+    watcher = threading.Thread(target=_watch_stats, args=(pool, stop, seen, bound))
+    producers = [threading.Thread(target=producer, args=(i,)) for i in range(4)]
+    watcher.start()
+    for t in producers:
+        t.start()
+    time.sleep(0.3)
+    pool.shutdown(timeout=PROMPT)
+    for t in producers:
+        t.join(PROMPT)
+    stop.set()
+    watcher.join(PROMPT)
+    assert sorted(refused) == [0, 1, 2, 3]
+    assert not seen, seen[:5]
+    s = pool.stats()
+    check_invariant(s)
+    assert s.queued == s.running == s.retrying == 0
+
+
+def test_producer_blocked_on_full_queue_is_released_when_shutdown_begins(make_pool, gate):
+    pool = make_pool(1, queue_size=1)
+    running = pool.submit(gate, 1)
+    gate.wait_started(1)
+    queued = pool.submit(ok, 2)
+    outcome = []
+
+    def producer():
+        t0 = time.monotonic()
+        try:
+            pool.submit(ok, 3)  # blocks: the queue is full, the worker busy
+            outcome.append("accepted")
+        except RuntimeError as exc:
+            outcome.append(str(exc))
+        outcome.append(time.monotonic() - t0)
+
+    t = threading.Thread(target=producer)
+    t.start()
+    time.sleep(0.2)  # the producer waits for room
+    assert pool.stats().submitted == 2  # the waiting producer's task is not counted
+    t0 = time.monotonic()
+    pool.shutdown(wait=False)
+    t.join(SLACK)
+    assert not t.is_alive(), "the producer is still blocked after shutdown began"
+    assert outcome[0] == "cannot schedule new futures after shutdown"
+    assert time.monotonic() - t0 < SLACK
+    gate.open()
+    assert (running.result(PROMPT), queued.result(PROMPT)) == (1, 2)
