@@ -800,16 +800,18 @@ class Pool(ThreadPoolExecutor):
             fut.cancel()
         if self._pacer is not None:
             self._pace(fut)
-        self._lock.acquire()
-        if task.state != QUEUED:
-            self._lock.release()
-            return  # settled while it waited (deadline)
-        if ledger.collecting or not fut.set_running_or_notify_cancel():
-            self._not_run_locked(task, False)  # releases the lock
+        with self._lock:
+            if task.state != QUEUED:
+                return  # settled while it waited (deadline)
+            run = not ledger.collecting and fut.set_running_or_notify_cancel()
+            if run:
+                task.state = RUNNING
+                ledger.move(N_QUEUED, N_RUNNING, -1, task)
+            else:
+                abandoned = self._not_run_count(task, False)
+        if not run:
+            self._drop(task, abandoned)
             return
-        task.state = RUNNING
-        ledger.move(N_QUEUED, N_RUNNING, -1, task)
-        self._lock.release()
         t_queued = task.t_queued
         if t_queued:
             t0 = clock()
@@ -854,13 +856,14 @@ class Pool(ThreadPoolExecutor):
         """A queued task a worker took does not run: its caller cancelled it, or
         shutdown is handing work back (PoolTask.run_plain)."""
         try:
-            self._lock.acquire()
-            self._not_run_locked(task, started)
+            with self._lock:
+                abandoned = self._not_run_count(task, started)
+            self._drop(task, abandoned)
         except BaseException as exc:
             self._rescue(task, exc, N_QUEUED)
 
-    def _not_run_locked(self, task: _Task, started: bool) -> None:
-        """_not_run, called with the lock held (and releasing it)."""
+    def _not_run_count(self, task: _Task, started: bool) -> bool:
+        """_not_run's part under the lock: count it; True if handed back."""
         if started:
             _unstart(task.future)
         if self._ledger.collecting:
@@ -871,8 +874,7 @@ class Pool(ThreadPoolExecutor):
             abandoned = False
         if self._ledger.watch:
             self._check_idle()
-        self._lock.release()
-        self._drop(task, abandoned)
+        return abandoned
 
     def _pace(self, fut: Future) -> None:
         # Rate limit: wait for this start's slot, unless shutdown wakes us first.
