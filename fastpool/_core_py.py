@@ -503,7 +503,11 @@ def run_worker(queue: WorkQueue, idle_timeout: float | None = None,
 N_SUBMITTED, N_QUEUED, N_RUNNING, N_RETRYING, N_SUCCEEDED, N_FAILED = 0, 1, 2, 3, 4, 5
 N_CANCELLED, N_NOT_STARTED, N_RETRIED, N_DEAD_LETTERED, N_REJECTED = 6, 7, 8, 9, 10
 OUTSIDE = -1
-TASK_QUEUED, TASK_RUNNING, TASK_RETRY, TASK_SETTLING, TASK_DONE, TASK_ABANDONED = range(6)
+# TASK_OVERDUE: its deadline passed (its future failed) while its call still runs;
+# it stays counted running until the call returns.
+TASK_QUEUED, TASK_RUNNING, TASK_RETRY, TASK_SETTLING, TASK_DONE, TASK_ABANDONED, \
+    TASK_OVERDUE = range(7)
+PUT_OK, PUT_FULL, PUT_CLOSED = 0, 1, 2
 SAMPLE_WINDOW = 4096
 SAMPLE_EVERY = 8
 _NCOUNT = 11
@@ -522,6 +526,7 @@ class Ledger:
         self._c = [0] * _NCOUNT
         self._closed = self._collecting = False
         self._watch = 0
+        self._room = 0
         self._stamps = self._samples = 0
         self._wait_ring = [float("nan")] * SAMPLE_WINDOW
         self._run_ring = [float("nan")] * SAMPLE_WINDOW
@@ -549,6 +554,31 @@ class Ledger:
     def add_watch(self, delta: int) -> None:
         with self._lock:
             self._watch += delta
+
+    @property
+    def room_waiters(self) -> int:
+        return self._room
+
+    def add_room_waiter(self, delta: int) -> None:
+        with self._lock:
+            self._room += delta
+
+    def admit(self, task: PoolTask, src: int = OUTSIDE) -> int:
+        # See the Ledger in src/_core.pyx. Here the queue is put to under this lock, so
+        # a worker moves the task on only after it is counted, and a failed put is
+        # undone before anyone can look.
+        if src != OUTSIDE and src != N_RETRYING:
+            raise ValueError(f"admit() moves a task from OUTSIDE or N_RETRYING, not {src}")
+        with self._lock:
+            if src == OUTSIDE and self._closed:
+                return PUT_CLOSED
+            try:
+                st = PUT_OK if self.queue.put_nowait(task) else PUT_FULL
+            except QueueClosed:
+                st = PUT_CLOSED
+            if st == PUT_OK:
+                self._shift(src, N_QUEUED, -1, None)
+            return st
 
     def _shift(self, src: int, dst: int, extra: int, task: Any) -> None:
         # The one state change, under self._lock (see the Ledger in src/_core.pyx).
@@ -629,23 +659,14 @@ class Ledger:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
         task = self.task(pool, fn, args, kwargs, None, retry)
-        with self._lock:
-            if self._closed:
-                return None
-            self._shift(OUTSIDE, N_QUEUED, -1, None)
         if self.sampled():
             task.t_queued = clock()
+        if self.admit(task) != PUT_OK:
+            return None
         q = self.queue
-        try:
-            if q.put_nowait(task):
-                if q._short_of_workers(q.qsize()):
-                    pool._adjust_thread_count()
-                return task.future
-        except QueueClosed:
-            pass
-        if self.move(N_QUEUED, OUTSIDE):
-            pool._check_idle_locked()
-        return None
+        if q._short_of_workers(q.qsize()):
+            pool._adjust_thread_count()
+        return task.future
 
 
 class PoolTask(WorkItem):
@@ -678,6 +699,9 @@ class PoolTask(WorkItem):
             if ok:
                 self.state = TASK_RUNNING
                 ledger._shift(N_QUEUED, N_RUNNING, -1, self)
+            room = ledger._room > 0
+        if room:
+            self.pool._room_made()
         if not ok:
             self.pool._not_run(self, started)
             return

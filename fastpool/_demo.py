@@ -143,11 +143,14 @@ def _part_images(rng: random.Random) -> Any:
 
 
 def _part_shutdown() -> Any:
-    _say("4. Graceful shutdown: 40 tasks of 50 ms on 4 workers, pool.handle_signals(timeout=0.2);")
+    _say("4. Graceful shutdown: 40 tasks of 50 ms on 4 workers, "
+         "pool.handle_signals(timeout=0.2, exit=False);")
     _say("   a timer sends SIGTERM to this process after 0.2 s")
     pool = fastpool.Pool(4, name="ingest")
     futures = [pool.schedule(time.sleep, (0.05,), key=f"job-{i:02d}") for i in range(40)]
-    pool.handle_signals(timeout=0.2)
+    # exit=False: the demo carries on after the signal (by default the process would
+    # exit with 128 + SIGTERM once the shutdown is over).
+    pool.handle_signals(timeout=0.2, exit=False)
     # On Windows os.kill(pid, SIGTERM) ends the process outright: raise it in-process there.
     if os.name == "nt":
         threading.Timer(0.2, signal.raise_signal, (signal.SIGTERM,)).start()

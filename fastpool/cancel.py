@@ -26,13 +26,19 @@ _local = threading.local()
 
 
 def _timeout_seconds(name: str, timeout: Any) -> float | None:
+    """A validated timeout: None for no limit -- None, inf, or anything too long for the
+    OS's timed waits (threading.TIMEOUT_MAX, ~292 years: inf by any other name)."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"`{name}` must be a number or None, got {timeout!r}")
-    if math.isnan(timeout) or timeout < 0:
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int too big for a float: no limit either
+        seconds = math.inf
+    if math.isnan(seconds) or seconds < 0:
         raise ValueError(f"`{name}` must be >= 0, got {timeout!r}")
-    return float(timeout)
+    return None if seconds >= threading.TIMEOUT_MAX else seconds
 
 
 def _expire(ref: weakref.ref[CancelToken]) -> None:

@@ -30,8 +30,11 @@ class DeadLetterQueue:
     """
 
     def __init__(self, maxlen: int | None = None) -> None:
-        if maxlen is not None and maxlen < 1:
-            raise ValueError(f"`maxlen` must be None or >= 1, got {maxlen}")
+        if maxlen is not None:
+            if isinstance(maxlen, bool) or not isinstance(maxlen, int):
+                raise TypeError(f"`maxlen` must be an int or None, got {maxlen!r}")
+            if maxlen < 1:
+                raise ValueError(f"`maxlen` must be None or >= 1, got {maxlen}")
         self._items: deque[DeadLetter] = deque()
         self._maxlen = maxlen
         self._cond = threading.Condition(threading.Lock())

@@ -25,14 +25,16 @@ import contextvars
 import itertools
 import logging
 import math
+import os
 import signal
+import sys
 import threading
 import weakref
 from concurrent.futures import CancelledError, _base
 from dataclasses import dataclass, field
-from time import monotonic, time
+from time import monotonic, sleep, time
 from typing import (Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, NamedTuple,
-                    TypeVar)
+                    NoReturn, TypeVar)
 
 from . import executor as _executor
 from ._compat import core
@@ -56,15 +58,16 @@ LOGGER = logging.getLogger("fastpool")
 QueueClosed = core.QueueClosed
 
 # Task states (see the module docstring).
-QUEUED, RUNNING, RETRY, SETTLING, DONE, ABANDONED = (
+QUEUED, RUNNING, RETRY, SETTLING, DONE, ABANDONED, OVERDUE = (
     core.TASK_QUEUED, core.TASK_RUNNING, core.TASK_RETRY, core.TASK_SETTLING, core.TASK_DONE,
-    core.TASK_ABANDONED)
+    core.TASK_ABANDONED, core.TASK_OVERDUE)
 # Ledger counters a task moves between (OUTSIDE: not submitted).
 OUTSIDE, N_QUEUED, N_RUNNING = core.OUTSIDE, core.N_QUEUED, core.N_RUNNING
 N_RETRYING = core.N_RETRYING
 N_SUCCEEDED, N_FAILED, N_CANCELLED = core.N_SUCCEEDED, core.N_FAILED, core.N_CANCELLED
 N_NOT_STARTED, N_RETRIED = core.N_NOT_STARTED, core.N_RETRIED
 N_DEAD_LETTERED, N_REJECTED = core.N_DEAD_LETTERED, core.N_REJECTED
+PUT_OK, PUT_FULL, PUT_CLOSED = core.PUT_OK, core.PUT_FULL, core.PUT_CLOSED
 clock = core.clock
 
 _PENDING = _base.PENDING
@@ -75,6 +78,16 @@ _RUNNING = _base.RUNNING
 _REQUEUE_DELAY = 0.005
 # Idle workers look at the pool at least this often (idle retirement, resize down).
 _MAX_IDLE_POLL = 1.0
+# A bounded queue allocates its slots up front (16 bytes each: 256 MiB at this size);
+# larger bounds would fail to allocate, or worse, succeed and exhaust memory later.
+MAX_QUEUE_SIZE = 1 << 24
+# A producer waiting for room looks again at least this often (it is woken when a
+# worker takes a task; this is the backstop).
+_ROOM_POLL = 0.1
+
+
+class _Refused(Exception):
+    """_put: the pool closed (raised, then turned into the closed error)."""
 
 
 # -- futures --------------------------------------------------------------------------
@@ -103,17 +116,29 @@ class Task(NamedTuple):
     attempts: int = 0  # attempts already made (0: it never ran)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ShutdownReport:
     """What shutdown() left: `completed` tasks (succeeded, failed or cancelled), the
     ones it cancelled before they started, and the ones still running when it returned.
     With wait=True, ``completed + len(not_started) + len(still_running)`` equals the
-    number of tasks ever submitted."""
+    number of tasks ever submitted.
+
+    A task in `still_running` was running at that instant and may still finish (or has
+    finished by the time you look): its `future` settles when it does, so check
+    ``task.future.done()`` before running it again. A task whose deadline passed is
+    listed there while its call still runs; its future already failed with
+    DeadlineExceeded, but the call's effects may still happen."""
 
     completed: int
     not_started: list[Task] = field(default_factory=list)
     still_running: list[Task] = field(default_factory=list)
     timed_out: bool = False
+
+    def __repr__(self) -> str:
+        # A summary: the tasks themselves can be tens of thousands (see the lists).
+        return (f"ShutdownReport(completed={self.completed}, "
+                f"not_started={len(self.not_started)}, "
+                f"still_running={len(self.still_running)}, timed_out={self.timed_out})")
 
 
 # -- the task --------------------------------------------------------------------------
@@ -121,7 +146,7 @@ class ShutdownReport:
 class _Opts:
     """The rarely used per-task options: absent (None) on the fast path."""
 
-    __slots__ = ("key", "token", "deadline", "ctx", "gov", "dl_entry", "cb_handle")
+    __slots__ = ("key", "token", "deadline", "ctx", "gov", "dl_entry", "cb_handle", "overdue")
 
     def __init__(self, key: Any = None, token: CancelToken | None = None,
                  deadline: float | None = None, ctx: contextvars.Context | None = None) -> None:
@@ -132,6 +157,7 @@ class _Opts:
         self.gov: CancelToken | None = None  # the token current_token() returns
         self.dl_entry: list[Any] | None = None
         self.cb_handle: int | None = None
+        self.overdue: BaseException | None = None  # the DeadlineExceeded of an OVERDUE task
 
 
 def _cancel_future(fut: Future) -> Callable[[CancelToken], object]:
@@ -158,7 +184,7 @@ class _Pacer:
 
     def __init__(self, rate: float, burst: int) -> None:
         self._interval = 1.0 / rate
-        self._slack = (burst - 1) * self._interval
+        self._slack = (min(burst, 1 << 53) - 1) * self._interval
         self._lock = threading.Lock()
         self._tat = monotonic()  # theoretical arrival time of the next start
 
@@ -182,11 +208,24 @@ def _rate_limit(rate_limit: Any) -> _Pacer | None:
         rate, burst = rate_limit
     if isinstance(rate, bool) or not isinstance(rate, (int, float)):
         raise TypeError(f"`rate_limit` must be a number of tasks per second, got {rate!r}")
-    if not rate > 0 or math.isinf(rate):
+    if isinstance(burst, bool) or not isinstance(burst, int):
+        raise TypeError(f"rate_limit burst must be an int, got {burst!r}")
+    if burst < 1:
+        raise ValueError(f"rate_limit burst must be >= 1, got {burst!r}")
+    try:
+        rate = float(rate)
+    except OverflowError:  # an int too big for a float
+        rate = math.inf
+    if not rate > 0:
         raise ValueError(f"`rate_limit` must be > 0, got {rate!r}")
-    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-        raise ValueError(f"rate_limit burst must be an int >= 1, got {burst!r}")
-    return _Pacer(float(rate), burst)
+    if rate == math.inf:
+        return None  # no limit
+    # The wait between two starts must be one the OS can time (~292 years): a slower
+    # rate would overflow the waits, so it is refused here rather than fail a task.
+    if 1.0 / rate >= threading.TIMEOUT_MAX:
+        raise ValueError(f"`rate_limit` must be >= {1.0 / threading.TIMEOUT_MAX:.3g} tasks "
+                         f"per second, got {rate!r}")
+    return _Pacer(rate, burst)
 
 
 class _IdleClock:
@@ -233,6 +272,56 @@ def _in_worker_of(pool: Pool) -> bool:
     return ref is not None and ref() is pool
 
 
+_UNCATCHABLE = {getattr(signal, n) for n in ("SIGKILL", "SIGSTOP") if hasattr(signal, n)}
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _inside_fastpool(frame: Any) -> bool:
+    """Whether the main thread was interrupted inside fastpool's own code (waiting on a
+    future excepted: that is where a program usually is)."""
+    name = frame.f_code.co_filename
+    return name.startswith(_PACKAGE_DIR) and not name.endswith("_future.py")
+
+
+class _Signals:
+    """What handle_signals() shares between its handler, its watcher thread and the
+    main thread's shutdown()."""
+
+    def __init__(self, exit: bool) -> None:
+        self.exit = exit
+        self.count = 0
+        self.signum: int | None = None  # the first signal received
+        self.first = threading.Event()  # a signal came (or shutdown ran without one)
+        self.watcher_done = threading.Event()
+        self.exit_due = False  # the shutdown is over: the handler raises SystemExit
+        self.exit_raised = False
+        self.handler: Any = None
+        self.previous: dict[int, Any] | None = None
+
+    def deliver_exit(self) -> None:
+        """Watcher thread: have the main thread raise SystemExit, through the handler
+        (a signal interrupts a blocking wait there; nothing else does)."""
+        self.exit_due = True
+        kill = getattr(signal, "pthread_kill", None)
+        main = threading.main_thread().ident
+        while not self.exit_raised and self.previous is not None and main is not None:
+            assert self.signum is not None
+            if kill is not None:
+                kill(main, self.signum)
+            else:  # Windows: cannot interrupt a wait, at least not lose the exit
+                import _thread
+                _thread.interrupt_main(signal.Signals(self.signum))
+            sleep(0.05)
+            if not threading.main_thread().is_alive():
+                return
+
+    def restore(self) -> None:
+        previous, self.previous = self.previous, None
+        for sig, prev in (previous or {}).items():
+            if signal.getsignal(sig) is self.handler:
+                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+
+
 # -- the pool ----------------------------------------------------------------------------
 
 class Pool(ThreadPoolExecutor):
@@ -254,6 +343,13 @@ class Pool(ThreadPoolExecutor):
             cluster, `workers` bounds the calls in flight there (default: the
             cluster's threads); `initializer` and `copy_context` are refused (see
             README.md, "Running on a Dask cluster").
+        dead_letter_maxlen: bound on `dead_letters` (None: unbounded); when full the
+            oldest letter is dropped and counted (dead_letters.dropped, and
+            stats().dead_letters_dropped).
+
+    Timeouts and limits take seconds as int or float; inf (or anything longer than
+    the OS can time, ~292 years) means no limit, as None does; NaN, negative values,
+    bools and other types are refused with ValueError/TypeError at the call.
     """
 
     def __init__(self, workers: int | None = None, *, min_workers: int | None = None,
@@ -261,7 +357,8 @@ class Pool(ThreadPoolExecutor):
                  retry: Retry | None = None, rate_limit: float | tuple[float, int] | None = None,
                  copy_context: bool = False, name: str = "fastpool",
                  initializer: Callable[..., object] | None = None,
-                 initargs: tuple[Any, ...] = (), backend: Any = None) -> None:
+                 initargs: tuple[Any, ...] = (), backend: Any = None,
+                 dead_letter_maxlen: int | None = None) -> None:
         dask: DaskBackend | None = None
         if backend is not None:
             dask = DaskBackend(backend)
@@ -278,6 +375,8 @@ class Pool(ThreadPoolExecutor):
             raise TypeError(f"`workers` must be an int, got {workers!r}")
         if workers < 1:
             raise ValueError(f"`workers` must be >= 1, got {workers}")
+        if workers > sys.maxsize:
+            raise ValueError(f"`workers` must be <= sys.maxsize, got {workers}")
         if min_workers is None:
             min_workers = 0
         if isinstance(min_workers, bool) or not isinstance(min_workers, int):
@@ -292,11 +391,15 @@ class Pool(ThreadPoolExecutor):
             raise TypeError(f"`queue_size` must be an int or None, got {queue_size!r}")
         if queue_size < 0:
             raise ValueError(f"`queue_size` must be >= 0, got {queue_size}")
+        if queue_size > MAX_QUEUE_SIZE:
+            raise ValueError(f"`queue_size` must be <= {MAX_QUEUE_SIZE} (None: unbounded), "
+                             f"got {queue_size}")
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(f"`retry` must be a Retry or None, got {retry!r}")
         if not isinstance(name, str):
             raise TypeError(f"`name` must be a str, got {name!r}")
         pacer = _rate_limit(rate_limit)
+        dead_letters = DeadLetterQueue(dead_letter_maxlen)
         self._queue_size = queue_size
         super().__init__(workers, name, initializer, initargs)
         self._min_workers = min_workers
@@ -308,7 +411,7 @@ class Pool(ThreadPoolExecutor):
         self._copy_context = bool(copy_context)
         self._name = name
         self._thread_ids = itertools.count()
-        self.dead_letters = DeadLetterQueue()
+        self.dead_letters = dead_letters
         self._token = CancelToken()
         self._stop = threading.Event()  # set when shutdown starts handing work back
         self._hurry = threading.Event()  # a second signal: stop draining now
@@ -319,6 +422,7 @@ class Pool(ThreadPoolExecutor):
         self._lock = threading.Lock()
         self._shutdown_lock = self._lock  # the base class's name for it
         self._cond = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)  # producers waiting for queue room
         self._close_when_idle = False
         # The counters, the running tasks, the latency samples, and the flags the
         # native fast path reads (closed, collecting, watch): see core.Ledger.
@@ -327,9 +431,10 @@ class Pool(ThreadPoolExecutor):
         self._ledger = core.Ledger(self._work_queue,
                                    self._pacer is not None or self._backend is not None)
         self._late: list[_Task] = []  # handed back by workers/timer while collecting
-        self._report: ShutdownReport | None = None
+        self._handed_back: list[Task] = []  # not_started, over every shutdown() call
+        self._gave_up = False  # a shutdown timed out: what still runs is abandoned
         self._shutdown_done: threading.Event | None = None
-        self._signals: tuple[Any, dict[int, Any]] | None = None
+        self._signals: _Signals | None = None
 
     def _make_queue(self) -> Any:
         return core.WorkQueue(self._queue_size)
@@ -402,79 +507,114 @@ class Pool(ThreadPoolExecutor):
         return self._ledger.task(self, fn, args, kwargs, opts, retry)
 
     def _put(self, task: _Task, timeout: float | None, count_rejected: bool = True) -> bool:
-        """Accept and queue a new task; False if the queue stayed full for `timeout` s."""
+        """Accept and queue a new task; False if the queue stayed full for `timeout` s.
+
+        The task is counted (submitted, queued) in the step that queues it
+        (Ledger.admit): a producer waiting for room is in no counter, so live
+        `submitted` never goes back and `queued` never exceeds the queue's bound; and
+        it raises the closed error as soon as shutdown begins."""
         started = False
         if not self._threads:
             # Start a worker before the task is accepted, so that failing to start a
             # thread (RuntimeError) leaves no task queued that nobody can run.
             self._adjust_thread_count()
             started = bool(self._threads)
-        lock = self._lock
-        lock.acquire()
-        if self._shutdown or self._broken or _executor._shutdown:
-            lock.release()
-            if started and self._fail_on_broken_start(task):
-                return True
-            self._raise_closed()
         ledger = self._ledger
-        ledger.move(OUTSIDE, N_QUEUED)
-        lock.release()
         # One task in SAMPLE_EVERY has its latencies recorded (two clock reads each).
         if ledger.sampled():
             task.t_queued = clock()
         opts = task.opts
-        if opts is not None and opts.token is not None:
-            if opts.token.cancelled:
-                # Never runs: counted as submitted and cancelled, never queued.
-                with lock:
-                    ledger.move(N_QUEUED, N_CANCELLED)
-                    task.state = DONE
-                task.future.cancel()
-                return True
-            opts.cb_handle = opts.token.add_callback(_cancel_future(task.future))
-        q = self._work_queue
+        st = PUT_CLOSED
         try:
-            queued = q.put_nowait(task)
-        except QueueClosed:
-            self._unput(task, False)
-            if started and self._fail_on_broken_start(task):
-                return True
-            self._raise_closed()
-        if not queued:
-            return self._put_full(task, timeout, count_rejected)
-        # Checked after the put: a worker retiring at this moment either sees this
-        # task in the queue (and stays), or has already left the idle count.
-        if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
-            self._adjust_thread_count()
-        return True
-
-    def _put_full(self, task: _Task, timeout: float | None, count_rejected: bool) -> bool:
-        """The queue was full: wait for room up to `timeout` s (None: for ever)."""
-        q = self._work_queue
-        if timeout is None and _in_worker_of(self):
-            # A task of this pool blocking on its own full queue could wait for ever
-            # (every worker doing the same): run the new task here instead.
-            task.run()
-            return True
-        try:
-            if timeout == 0.0:
-                ok = False
-            else:
+            if opts is not None and opts.token is not None:
+                if opts.token.cancelled:
+                    # Never runs: counted as submitted and cancelled, never queued.
+                    with self._lock:
+                        if not ledger.closed:
+                            ledger.move(OUTSIDE, N_CANCELLED)
+                            task.state = DONE
+                            st = PUT_OK
+                    if st == PUT_OK:
+                        task.future.cancel()
+                        return True
+                    raise _Refused
+                opts.cb_handle = opts.token.add_callback(_cancel_future(task.future))
+            st = ledger.admit(task)
+            if st == PUT_FULL and timeout != 0.0:
+                if timeout is None and _in_worker_of(self):
+                    # A task of this pool blocking on its own full queue could wait for
+                    # ever (every worker doing the same): run the new task here instead.
+                    with self._lock:
+                        if not ledger.closed:
+                            ledger.move(OUTSIDE, N_QUEUED)
+                            st = PUT_OK
+                    if st == PUT_OK:
+                        task.run()
+                        return True
+                    raise _Refused
                 # Make sure the workers that will make room exist, then wait.
                 self._adjust_thread_count()
-                ok = q.put(task, timeout)
-        except QueueClosed:
-            self._unput(task, False)
-            self._raise_closed()
+                st = self._wait_room(task, timeout)
+        except _Refused:
+            st = PUT_CLOSED
         except BaseException:
-            self._unput(task, False)
+            self._unhook(task)
             raise
-        if not ok:
-            self._unput(task, count_rejected)
+        if st == PUT_OK:
+            # Checked after the put: a worker retiring at this moment either sees this
+            # task in the queue (and stays), or has already left the idle count.
+            q = self._work_queue
+            if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
+                self._adjust_thread_count()
+            return True
+        self._unhook(task)
+        if st == PUT_FULL:
+            if count_rejected:
+                ledger.move(OUTSIDE, OUTSIDE, N_REJECTED)
             return False
-        if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
-            self._adjust_thread_count()
-        return True
+        if started and self._fail_on_broken_start(task):
+            return True
+        self._raise_closed()
+
+    def _wait_room(self, task: _Task, timeout: float | None) -> int:
+        """Wait for room in the bounded queue and admit the task: PUT_OK, PUT_FULL after
+        `timeout` s, PUT_CLOSED as soon as shutdown begins."""
+        end = None if timeout is None else monotonic() + timeout
+        ledger = self._ledger
+        with self._lock:
+            # Registered before each try: a worker that takes a task after the try sees
+            # a waiter and notifies (_room_made, under this lock, held until we wait).
+            ledger.add_room_waiter(1)
+            try:
+                while True:
+                    st = ledger.admit(task)
+                    if st != PUT_FULL:
+                        return st
+                    step = _ROOM_POLL
+                    if end is not None:
+                        step = min(step, end - monotonic())
+                        if step <= 0:
+                            return PUT_FULL
+                    self._room.wait(step)
+            finally:
+                ledger.add_room_waiter(-1)
+
+    def _room_made(self) -> None:
+        # A worker took a task while producers wait for room (see _wait_room).
+        with self._lock:
+            self._room.notify_all()
+
+    def _wake_producers(self) -> None:
+        with self._lock:
+            self._room.notify_all()
+
+    def _unhook(self, task: _Task) -> None:
+        # A task that was not accepted: drop its hook on the caller's token.
+        task.state = DONE
+        opts = task.opts
+        if opts is not None and opts.cb_handle is not None:
+            opts.token.remove_callback(opts.cb_handle)
+            opts.cb_handle = None
 
     def _fail_on_broken_start(self, task: _Task) -> bool:
         """The worker this call started may have failed its initializer before the task
@@ -488,16 +628,7 @@ class Pool(ThreadPoolExecutor):
         task.future.set_exception(BrokenThreadPool(self._broken))
         return True
 
-    def _unput(self, task: _Task, rejected: bool) -> None:
-        opts = task.opts
-        if opts is not None and opts.cb_handle is not None:
-            opts.token.remove_callback(opts.cb_handle)
-        with self._lock:
-            task.state = DONE
-            if self._ledger.move(N_QUEUED, OUTSIDE, N_REJECTED if rejected else -1):
-                self._check_idle()
-
-    def _raise_closed(self) -> None:
+    def _raise_closed(self) -> NoReturn:
         if self._broken:
             raise BrokenThreadPool(self._broken)
         if self._shutdown:
@@ -521,9 +652,14 @@ class Pool(ThreadPoolExecutor):
             def weakref_cb(_: object, q: Any = q) -> None:
                 q.close()
 
+            # Daemon, yet joined at interpreter exit like the stdlib's workers (through
+            # executor._threads_queues) -- unless a timed shutdown abandoned them: a
+            # task that ignores its token must not hold the process after the timeout
+            # (threading joins every non-daemon thread at exit, whatever we say).
             t = threading.Thread(name=thread_name, target=_pool_worker,
                                  args=(weakref.ref(self, weakref_cb), q, self._initializer,
-                                       self._initargs, self._idle_poll, self._token))
+                                       self._initargs, self._idle_poll, self._token),
+                                 daemon=True)
             try:
                 t.start()
             except RuntimeError:
@@ -616,12 +752,41 @@ class Pool(ThreadPoolExecutor):
     def _run_slow(self, task: _Task) -> None:
         """PoolTask.run() of a task with options, or of any task when rate-limited or
         on a backend."""
-        if task.opts is None and self._backend is None:
-            if self._pacer is not None:
-                self._pace(task.future)
-            task.run_plain()
-        else:
-            self._run_opts(task)
+        try:
+            if self._ledger.room_waiters:
+                self._room_made()  # taking this task made room in the queue
+            if task.opts is None and self._backend is None:
+                if self._pacer is not None:
+                    self._pace(task.future)
+                task.run_plain()
+            else:
+                self._run_opts(task)
+        except BaseException as exc:
+            self._rescue(task, exc, N_RUNNING)
+
+    def _rescue(self, task: _Task, exc: BaseException, settling: int) -> None:
+        """An error inside the pool's own handling of `task` (a bug, or user code the
+        pool calls there: a retry predicate): fail the task with it rather than lose it.
+        `settling`: the counter a task claimed (SETTLING) by the failing code is in."""
+        try:
+            LOGGER.error("fastpool: internal error handling a task of %s", self._name,
+                         exc_info=exc)
+        except BaseException:
+            pass
+        src = {QUEUED: N_QUEUED, RUNNING: N_RUNNING, OVERDUE: N_RUNNING, RETRY: N_RETRYING,
+               SETTLING: settling}
+        with self._lock:
+            where = src.get(task.state)
+            if where is not None:
+                task.state = DONE
+                if self._ledger.move(where, N_FAILED, -1, task):
+                    self._check_idle()
+        fut = task.future
+        if not fut.done():
+            try:
+                fut.set_exception(exc)
+            except InvalidStateError:
+                pass
 
     def _run_opts(self, task: _Task) -> None:
         # Tokens, deadlines, contexts: a deadline may settle the task from the timer
@@ -635,16 +800,18 @@ class Pool(ThreadPoolExecutor):
             fut.cancel()
         if self._pacer is not None:
             self._pace(fut)
-        self._lock.acquire()
-        if task.state != QUEUED:
-            self._lock.release()
-            return  # settled while it waited (deadline)
-        if ledger.collecting or not fut.set_running_or_notify_cancel():
-            self._not_run_locked(task, False)  # releases the lock
+        with self._lock:
+            if task.state != QUEUED:
+                return  # settled while it waited (deadline)
+            run = not ledger.collecting and fut.set_running_or_notify_cancel()
+            if run:
+                task.state = RUNNING
+                ledger.move(N_QUEUED, N_RUNNING, -1, task)
+            else:
+                abandoned = self._not_run_count(task, False)
+        if not run:
+            self._drop(task, abandoned)
             return
-        task.state = RUNNING
-        ledger.move(N_QUEUED, N_RUNNING, -1, task)
-        self._lock.release()
         t_queued = task.t_queued
         if t_queued:
             t0 = clock()
@@ -688,11 +855,15 @@ class Pool(ThreadPoolExecutor):
     def _not_run(self, task: _Task, started: bool) -> None:
         """A queued task a worker took does not run: its caller cancelled it, or
         shutdown is handing work back (PoolTask.run_plain)."""
-        self._lock.acquire()
-        self._not_run_locked(task, started)
+        try:
+            with self._lock:
+                abandoned = self._not_run_count(task, started)
+            self._drop(task, abandoned)
+        except BaseException as exc:
+            self._rescue(task, exc, N_QUEUED)
 
-    def _not_run_locked(self, task: _Task, started: bool) -> None:
-        """_not_run, called with the lock held (and releasing it)."""
+    def _not_run_count(self, task: _Task, started: bool) -> bool:
+        """_not_run's part under the lock: count it; True if handed back."""
         if started:
             _unstart(task.future)
         if self._ledger.collecting:
@@ -703,21 +874,38 @@ class Pool(ThreadPoolExecutor):
             abandoned = False
         if self._ledger.watch:
             self._check_idle()
-        self._lock.release()
-        self._drop(task, abandoned)
+        return abandoned
 
     def _pace(self, fut: Future) -> None:
         # Rate limit: wait for this start's slot, unless shutdown wakes us first.
         if fut._state == _PENDING:
             delay = self._pacer.reserve()  # type: ignore[union-attr]
             if delay > 0.0:
-                self._stop.wait(delay)
+                self._stop.wait(min(delay, threading.TIMEOUT_MAX))
 
     def _task_succeeded(self, task: _Task, result: Any) -> None:
+        try:
+            self._succeeded(task, result)
+        except BaseException as exc:
+            self._rescue(task, exc, N_RUNNING)
+
+    def _claim_finished(self, task: _Task) -> bool:
+        """The task's call returned: claim it (SETTLING) to settle it here; False if
+        its deadline settled its future meanwhile (then it is counted failed now)."""
         with self._lock:
-            if task.state != RUNNING:
-                return  # its deadline settled it meanwhile
-            task.state = SETTLING
+            state = task.state
+            if state == RUNNING:
+                task.state = SETTLING
+                return True
+        if state == OVERDUE:
+            # The deadline failed the future (and wrote the dead letter); the worker is
+            # free only now, so only now does the task stop counting as running.
+            self._commit(task, RUNNING, error=task.opts.overdue, dead_lettered=True)
+        return False
+
+    def _succeeded(self, task: _Task, result: Any) -> None:
+        if not self._claim_finished(task):
+            return
         try:
             task.future.set_result(result)
         except InvalidStateError:
@@ -733,15 +921,20 @@ class Pool(ThreadPoolExecutor):
                     self._check_idle()
 
     def _task_failed(self, task: _Task, exc: BaseException) -> None:
+        try:
+            self._failed(task, exc)
+        except BaseException as err:
+            self._rescue(task, err, N_RUNNING)
+
+    def _failed(self, task: _Task, exc: BaseException) -> None:
+        if not self._claim_finished(task):
+            return
         fut = task.future
         opts = task.opts
         gov = self._token if opts is None or opts.gov is None else opts.gov
         if isinstance(exc, CancelledError) and gov.cancelled:
             # The task saw its token cancelled and stopped: that is a cancellation.
             with self._lock:
-                if task.state != RUNNING:
-                    return
-                task.state = SETTLING
                 _unstart(fut)
             try:
                 fut.cancel()
@@ -753,8 +946,6 @@ class Pool(ThreadPoolExecutor):
                 and retry.should_retry(exc)):
             delay = retry.delay(task.attempt)
             with self._lock:
-                if task.state != RUNNING:
-                    return
                 if not self._ledger.collecting:
                     task.state = RETRY
                     _unstart(fut)
@@ -763,9 +954,6 @@ class Pool(ThreadPoolExecutor):
                     self._timer.call_at(monotonic() + delay, self._retry_due, task)
                     return
         with self._lock:
-            if task.state != RUNNING:
-                return
-            task.state = SETTLING
             # The dead letter goes in before the future fails: code that reacts to the
             # failure (a done-callback, a wait() returning) must find it already there.
             # (Only the letter: it is counted with the failure, in _commit, so that
@@ -818,62 +1006,87 @@ class Pool(ThreadPoolExecutor):
 
     def _retry_due(self, task: _Task) -> None:
         """Timer thread: a retry's backoff is over; queue it again."""
+        try:
+            self._requeue(task)
+        except BaseException as exc:
+            self._rescue(task, exc, N_RETRYING)
+
+    def _requeue(self, task: _Task) -> None:
         fut = task.future
         ledger = self._ledger
         with self._lock:
             if task.state != RETRY:
                 return
-            requeue = abandoned = False
+            abandoned = requeue = False
             if fut.cancelled():
                 task.state = DONE  # its caller cancelled it while it waited
                 ledger.move(N_RETRYING, N_CANCELLED)
             elif ledger.collecting:
                 abandoned = self._abandon(task, N_RETRYING)
             else:
+                # QUEUED before it is in the queue: a worker may take it at once.
                 task.state = QUEUED
-                ledger.move(N_RETRYING, N_QUEUED)
-                requeue = True
+                task.t_queued = clock()
+                st = ledger.admit(task, N_RETRYING)  # counted queued as it is queued
+                if st == PUT_OK:
+                    requeue = True
+                else:
+                    task.state = RETRY
+                    if st == PUT_FULL:
+                        # Try again shortly, without blocking the timer thread.
+                        self._timer.call_at(monotonic() + _REQUEUE_DELAY, self._retry_due,
+                                            task)
+                        return
+                    # Closed (interpreter exit, broken pool): hand it back.
+                    abandoned = self._abandon(task, N_RETRYING)
             if not requeue and ledger.watch:
                 self._check_idle()
         if not requeue:
             self._drop(task, abandoned)
             return
-        task.t_queued = clock()
+        # Idle workers may all have retired during the backoff.
         q = self._work_queue
-        try:
-            ok = q.put_nowait(task)
-        except QueueClosed:
-            ok = None
-        if ok:
-            # Idle workers may all have retired during the backoff.
-            if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
-                self._adjust_thread_count()
-            return
-        with self._lock:
-            if task.state != QUEUED:
-                return
-            if ok is not None:  # full: try again shortly, without blocking the timer
-                task.state = RETRY
-                ledger.move(N_QUEUED, N_RETRYING)
-                self._timer.call_at(monotonic() + _REQUEUE_DELAY, self._retry_due, task)
-                return
-            # Closed (interpreter exit, broken pool): hand it back.
-            abandoned = self._abandon(task, N_QUEUED)
-            if ledger.watch:
-                self._check_idle()
-        self._drop(task, abandoned)
+        if q.idle_workers < q.qsize() and len(self._threads) < self._max_workers:
+            self._adjust_thread_count()
 
     def _deadline_due(self, task: _Task) -> None:
         """Timer thread: the task's deadline passed."""
+        seen: list[int] = []
+        try:
+            self._overdue(task, seen)
+        except BaseException as exc:
+            was = seen[0] if seen else RUNNING
+            self._rescue(task, exc, {RETRY: N_RETRYING, QUEUED: N_QUEUED}.get(was, N_RUNNING))
+
+    def _overdue(self, task: _Task, seen: list[int]) -> None:
         opts = task.opts
         assert opts is not None
+        exc = DeadlineExceeded(f"task ran past its deadline of {opts.deadline} s")
         with self._lock:
             was = task.state
+            seen.append(was)
             if was != RUNNING and was != RETRY and was != QUEUED:
                 return
-            task.state = SETTLING  # a queued retry stays in the queue: workers skip it
             opts.dl_entry = None
-        exc = DeadlineExceeded(f"task ran past its deadline of {opts.deadline} s")
+            if was == RUNNING:
+                # A deadline ends the wait on a task; it cannot stop the thread running
+                # it. The future fails now, but the task stays counted (and reported)
+                # running, its worker busy, until its call returns (_claim_finished).
+                task.state = OVERDUE
+                opts.overdue = exc
+                if task.retry is not None:
+                    self._put_dead_letter(task, exc)  # before the future fails
+            else:
+                task.state = SETTLING  # a queued retry stays in the queue: workers skip it
+        if was == RUNNING:
+            try:
+                task.future.set_exception(exc)
+            except InvalidStateError:
+                pass
+            finally:
+                if opts.gov is not None:
+                    opts.gov.cancel("deadline exceeded")
+            return
         cancelled = False
         try:
             task.future.set_exception(exc)
@@ -959,9 +1172,20 @@ class Pool(ThreadPoolExecutor):
         """A consistent snapshot of the counters, with latency percentiles."""
         q = self._work_queue
         counts = self._ledger.counts()
+        bound = self._queue_size
+        if bound and counts[N_QUEUED] > bound:
+            # Tasks a worker took from a full queue but has not started (about to, or
+            # waiting for its rate-limit slot) are in a worker's hands: shown running.
+            extra = counts[N_QUEUED] - bound
+            c = list(counts)
+            c[N_QUEUED] -= extra
+            c[N_RUNNING] += extra
+            counts = tuple(c)
         waits, runs = self._ledger.latencies()
-        return Stats(len(self._threads), q.idle_workers, *counts, *percentiles(waits),
-                     *percentiles(runs))
+        values: tuple[Any, ...] = (len(self._threads), q.idle_workers, *counts,
+                                   *percentiles(waits), *percentiles(runs),
+                                   self.dead_letters.dropped)
+        return Stats(*values)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued, running or waiting to retry; the pool stays open.
@@ -1001,15 +1225,24 @@ class Pool(ThreadPoolExecutor):
         """Stop accepting work, drain, and report what was left.
 
         wait=True waits for queued, running and retrying tasks -- for at most `timeout`
-        seconds if given; then the pool token is cancelled (running tasks see it through
-        current_token()), tasks not started yet are cancelled, and both are returned in
-        the ShutdownReport. cancel_futures=True hands back the queued tasks at once.
-        wait=False returns at once: queued work still runs (unless cancel_futures), and
-        the report lists only what was running at that moment.
+        seconds if given, which bounds this call: then the pool token is cancelled
+        (running tasks see it through current_token()), tasks not started yet are
+        cancelled, and both are returned in the ShutdownReport. The tasks still running
+        are abandoned: they keep their threads until their calls return (their futures
+        settle then), but interpreter exit no longer waits for them.
+        cancel_futures=True hands back the queued tasks at once. wait=False returns at
+        once: queued work still runs (unless cancel_futures), and the report lists only
+        what was running at that moment.
+
+        It may be called again: a later wait=True call waits for the first one to end,
+        then (unless a shutdown timed out: those tasks are abandoned, it only reports)
+        for the work left, and its report accounts for every task.
         """
         timeout = _timeout_seconds("timeout", timeout)
         if timeout is not None and not wait:
             raise ValueError("shutdown(timeout=...) needs wait=True")
+        end = None if timeout is None else monotonic() + timeout
+        in_worker = _in_worker_of(self)
         with self._lock:
             first = not self._shutdown
             self._shutdown = True
@@ -1017,57 +1250,79 @@ class Pool(ThreadPoolExecutor):
             if first:
                 self._shutdown_done = threading.Event()
             done = self._shutdown_done
-        if not first:
-            if wait and not _in_worker_of(self):
-                done.wait()  # type: ignore[union-attr]
-                self._join_workers()
-            self._restore_signals()
-            return self._report if self._report is not None else self._snapshot([], False)
-        try:
-            report = self._shutdown_first(wait, cancel_futures, timeout)
-            self._report = report
-        finally:
-            done.set()  # type: ignore[union-attr]
-            self._restore_signals()
+            assert done is not None
+        # Whoever waits for producers blocked on a full queue: they raise now.
+        self._wake_producers()
+        if first:
+            try:
+                report = self._drain(wait, cancel_futures, timeout, in_worker)
+            finally:
+                done.set()
+        elif wait and not in_worker and not done.wait(
+                None if end is None else max(0.0, end - monotonic())):
+            # The first call (another thread's, without a timeout or a longer one) is
+            # still waiting: this call's timeout bounds it too -- it gives up now (hands
+            # back what has not started, cancels the token, abandons what still runs).
+            self._hurry.set()
+            done.wait()
+            report = self._snapshot(True)
+        elif self._gave_up:
+            report = self._snapshot(True)  # abandoned: nothing more to wait for
+        else:
+            left = None if end is None else max(0.0, end - monotonic())
+            report = self._drain(wait, cancel_futures, left, in_worker)
+        self._after_shutdown()
         return report
 
-    def _shutdown_first(self, wait: bool, cancel_futures: bool,
-                        timeout: float | None) -> ShutdownReport:
-        in_worker = _in_worker_of(self)
-        not_started: list[Task] = []
+    def _drain(self, wait: bool, cancel_futures: bool, timeout: float | None,
+               in_worker: bool) -> ShutdownReport:
         timed_out = False
         if cancel_futures:
-            not_started += self._collect()
+            self._collect()
         if wait and not in_worker:
             if not self._wait_idle(timeout, self._hurry):
                 timed_out = True
-                not_started += self._collect()
+                self._collect()
         with self._lock:
             if wait and not in_worker or self._ledger.idle():
                 self._work_queue.close()
-            else:
+            elif not self._close_when_idle:
                 self._close_when_idle = True  # workers finish the queue, then exit
                 self._ledger.add_watch(1)
             # The tasks that did not finish in time, before they are told to stop.
-            report = self._snapshot(not_started, timed_out)
+            report = self._snapshot(timed_out)
+            if timed_out:
+                self._gave_up = True
         if timed_out:
             self._token.cancel("shutdown")
-        if wait and not in_worker and not timed_out:
+            self._abandon_workers()
+        elif wait and not in_worker:
             self._join_workers()
+        # Its thread exits once no retry or deadline is pending.
+        self._timer.stop()
         return report
 
-    def _snapshot(self, not_started: list[Task], timed_out: bool) -> ShutdownReport:
-        # Counts and running tasks of one instant: an exact report.
+    def _snapshot(self, timed_out: bool) -> ShutdownReport:
+        # Counts and running tasks of one instant: an exact report. (The caller may hold
+        # the lock: copying the list is atomic.)
+        handed_back = list(self._handed_back)
         counts, running = self._ledger.snapshot()
         completed = counts[N_SUCCEEDED] + counts[N_FAILED] + counts[N_CANCELLED]
-        return ShutdownReport(completed, not_started, [_record(t, True) for t in running],
-                              timed_out)
+        return ShutdownReport(completed, handed_back, [_record(t, True) for t in running],
+                              timed_out or self._gave_up)
 
     def _join_workers(self) -> None:
         me = threading.current_thread()
         for t in list(self._threads):
             if t is not me:
                 t.join()
+
+    def _abandon_workers(self) -> None:
+        # Interpreter exit joins the workers in executor._threads_queues (as the
+        # stdlib does): after a timed-out shutdown it must not wait for ours. They are
+        # daemon threads, so nothing else joins them; each still finishes its task.
+        for t in list(self._threads):
+            _executor._threads_queues.pop(t, None)
 
     def _collect(self) -> list[Task]:
         """Hand back everything not started: queued, waiting to retry, in transit."""
@@ -1080,6 +1335,7 @@ class Pool(ThreadPoolExecutor):
         items = q.drain()
         dropped = []
         with self._lock:
+            self._room.notify_all()  # (producers: the ledger is closed, they raise)
             for task, src in self._take_unstarted(items):
                 self._abandon(task, src)
                 dropped.append(task)
@@ -1105,67 +1361,127 @@ class Pool(ThreadPoolExecutor):
         for task in dropped:
             if task.opts is not None:
                 self._cleanup(task)
-        return [_record(t, False) for t in late]
+        records = [_record(t, False) for t in late]
+        self._handed_back += records  # reported by every later shutdown() too
+        return records
 
     # -- signals ------------------------------------------------------------------------
 
     def handle_signals(self, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM),
-                       timeout: float | None = 30.0) -> None:
-        """First signal: graceful shutdown(timeout=...) in the background; second: cancel now.
+                       timeout: float | None = 30.0, *, exit: bool = True) -> None:
+        """Shut down gracefully on a signal, and bound how long that takes.
 
-        Must be called from the main thread; the previous handlers come back when
-        shutdown() is called from the main thread (leaving a `with` block does that).
+        First signal: shutdown(timeout=timeout) starts in the background (no new work;
+        queued and running tasks get `timeout` seconds, then the pool token is
+        cancelled and what is left is abandoned: interpreter exit does not wait for
+        tasks that ignore their token). A second signal cuts the wait short. Once that
+        shutdown has returned, with exit=True the main thread gets
+        SystemExit(128 + signum) -- wherever it is, blocked in a wait included -- so
+        the process exits with the shell's code for that signal (130 for SIGINT, 143
+        for SIGTERM). With exit=False nothing is raised: the program carries on and
+        decides (see `signal_received`, and shutdown()'s report).
+
+        Must be called from the main thread. All the signals are checked, and all
+        handlers installed, or none. The previous handlers come back when shutdown()
+        is called from the main thread (leaving a `with` block does that).
         """
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("handle_signals() must be called from the main thread")
         timeout = _timeout_seconds("timeout", timeout)
-        signals = tuple(signals)
-        if not signals:
+        if isinstance(signals, int):
+            raise TypeError("`signals` must be an iterable of signal numbers, "
+                            f"got {signals!r}")
+        sigs: list[signal.Signals] = []
+        for sig in signals:
+            if isinstance(sig, bool) or not isinstance(sig, int):
+                raise TypeError(f"not a signal number: {sig!r}")
+            try:
+                sig = signal.Signals(sig)
+            except ValueError:
+                raise ValueError(f"not a signal number: {sig!r}") from None
+            if sig in _UNCATCHABLE:
+                raise ValueError(f"{sig.name} cannot be handled")
+            if sig not in sigs:
+                sigs.append(sig)
+        if not sigs:
             raise ValueError("no signals given")
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot handle signals after shutdown")
             if self._signals is not None:
                 raise RuntimeError("handle_signals() was already called")
-        first = threading.Event()
-        count = [0]
-
-        # The handler runs in the main thread between two bytecodes, possibly while
-        # that thread holds the pool lock: it only sets events that nothing else waits
-        # on under a lock the main thread could hold.
-        def handler(signum: int, frame: Any) -> None:
-            count[0] += 1
-            if count[0] == 1:
-                first.set()
-            else:
-                self._hurry.set()
-
+        state = _Signals(bool(exit))
         pool_ref = weakref.ref(self)
+        hurry = self._hurry
+
+        # Runs in the main thread between two bytecodes, possibly while that thread
+        # holds the pool lock: it takes no lock, and raises SystemExit only outside
+        # fastpool's own code (whose locks and counters it would leave half-changed).
+        def handler(signum: int, frame: Any) -> None:
+            if state.exit_due and not state.exit_raised:
+                if frame is not None and _inside_fastpool(frame):
+                    return  # the watcher sends it again in a moment
+                state.exit_raised = True
+                raise SystemExit(128 + (state.signum or signum))
+            state.count += 1
+            if state.count == 1:
+                state.signum = signum
+                state.first.set()
+            else:
+                hurry.set()
 
         def watcher() -> None:
-            first.wait()
-            pool = pool_ref()
-            if pool is not None:
-                pool.shutdown(wait=True, timeout=timeout)
+            try:
+                state.first.wait()
+                pool = pool_ref()
+                if pool is None or state.signum is None:
+                    return
+                try:
+                    pool.shutdown(wait=True, timeout=timeout)
+                finally:
+                    del pool
+                    if state.exit:
+                        state.deliver_exit()
+            finally:
+                state.watcher_done.set()
 
-        previous = {}
-        for sig in signals:
-            previous[sig] = signal.signal(sig, handler)
-        self._signals = (handler, previous)
-        self._signal_first = first
+        previous: dict[int, Any] = {}
+        try:
+            for sig in sigs:
+                previous[sig] = signal.signal(sig, handler)
+        except BaseException:
+            for sig, prev in previous.items():
+                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+            raise
+        state.handler = handler
+        state.previous = previous
+        self._signals = state
         threading.Thread(target=watcher, name=f"{self._name}-signals", daemon=True).start()
 
-    def _restore_signals(self) -> None:
-        if self._signals is None:
+    @property
+    def signal_received(self) -> int | None:
+        """The signal that started a shutdown through handle_signals(), or None."""
+        state = self._signals
+        return None if state is None else state.signum
+
+    def _after_shutdown(self) -> None:
+        # The main thread restores the signal handlers; after a handled signal it exits
+        # (unless handle_signals(exit=False)): SystemExit(128 + signum).
+        state = self._signals
+        if state is None:
             return
-        self._signal_first.set()  # let the watcher thread end
         if threading.current_thread() is not threading.main_thread():
             return
-        handler, previous = self._signals
-        self._signals = None
-        for sig, prev in previous.items():
-            if signal.getsignal(sig) is handler:
-                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        state.first.set()  # let the watcher end if no signal came
+        if state.signum is not None and state.exit:
+            # The watcher delivers the exit once the shutdown it ran is over (raised
+            # here, by the handler, while we wait).
+            state.watcher_done.wait()
+            if not state.exit_raised:
+                state.exit_raised = True
+                state.restore()
+                raise SystemExit(128 + state.signum)
+        state.restore()
 
     # -- groups, map, asyncio ---------------------------------------------------------
 

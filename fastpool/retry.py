@@ -14,7 +14,10 @@ RetryOn = Union[type, "tuple[type, ...]", Callable[[BaseException], bool]]
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be a number, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int too big for a float
+        number = math.inf if value > 0 else -math.inf
     if math.isnan(number):
         raise ValueError(f"`{name}` must be a number, got nan")
     return number
@@ -26,7 +29,9 @@ class Retry:
     A task is run at most `attempts` times in all. After attempt ``n`` fails with an
     exception matching `retry_on` it waits
     ``min(max_backoff, backoff * multiplier ** (n - 1))``, spread by +/- `jitter`
-    (a fraction: 0.1 = up to 10% shorter or longer), then runs again. `retry_on` is an
+    (a fraction: 0.1 = up to 10% shorter or longer), then runs again. `inf` (or a wait
+    longer than the OS can time) means no limit: such a retry waits until shutdown
+    hands it back. `retry_on` is an
     exception class, a tuple of them, or a predicate ``exc -> bool``.
 
     A waiting retry holds no worker: the pool's timer puts it back in the queue.
@@ -85,12 +90,15 @@ class Retry:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        try:
-            base = self.backoff * self.multiplier ** (attempt - 1)
-        except OverflowError:
-            base = math.inf
+        if not self.backoff:
+            base = 0.0  # (0 * inf would be nan)
+        else:
+            try:
+                base = self.backoff * self.multiplier ** (attempt - 1)
+            except OverflowError:
+                base = math.inf
         base = min(self.max_backoff, base)
-        if self.jitter:
+        if self.jitter and base != math.inf:
             base *= 1.0 + self.jitter * (2.0 * random.random() - 1.0)
         return max(0.0, base)
 

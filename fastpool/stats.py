@@ -21,8 +21,11 @@ class Stats:
     `running`, `retrying` (waiting out a retry backoff, holding no worker),
     `succeeded`, `failed`, `cancelled`, `not_started` (handed back by shutdown), so
     ``submitted == succeeded + failed + cancelled + not_started + queued + running +
-    retrying`` (see `pending`). `retried` counts retry attempts, `dead_lettered` tasks
-    sent to dead_letters, `rejected` submissions refused because the queue was full.
+    retrying`` (see `pending`). `running` counts the tasks holding a worker, including
+    one whose deadline passed (its future failed) while its call has not returned yet.
+    `retried` counts retry attempts, `dead_lettered` tasks sent to dead_letters,
+    `rejected` submissions refused because the queue was full, `dead_letters_dropped`
+    the oldest dead letters dropped by a bounded `dead_letters` (its `maxlen`).
     Latencies are seconds over the most recent tasks (None before any sample):
     `wait_*` from being queued to starting, `run_*` the time the call took.
     """
@@ -46,6 +49,7 @@ class Stats:
     run_p50: float | None = None
     run_p90: float | None = None
     run_p99: float | None = None
+    dead_letters_dropped: int = 0
 
     @property
     def pending(self) -> int:

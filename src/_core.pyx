@@ -1069,7 +1069,12 @@ N_SUBMITTED, N_QUEUED, N_RUNNING, N_RETRYING, N_SUCCEEDED, N_FAILED = 0, 1, 2, 3
 N_CANCELLED, N_NOT_STARTED, N_RETRIED, N_DEAD_LETTERED, N_REJECTED = 6, 7, 8, 9, 10
 OUTSIDE = -1
 # Task states (PoolTask.state); see fastpool/pool.py.
-TASK_QUEUED, TASK_RUNNING, TASK_RETRY, TASK_SETTLING, TASK_DONE, TASK_ABANDONED = range(6)
+# TASK_OVERDUE: its deadline passed (its future failed) while its call still runs;
+# it stays counted running until the call returns.
+TASK_QUEUED, TASK_RUNNING, TASK_RETRY, TASK_SETTLING, TASK_DONE, TASK_ABANDONED, \
+    TASK_OVERDUE = range(7)
+# Ledger.admit()'s answers.
+PUT_OK, PUT_FULL, PUT_CLOSED = 0, 1, 2
 # Latency samples kept: the last SAMPLE_WINDOW sampled tasks; one task in
 # SAMPLE_EVERY is sampled (two clock reads).
 SAMPLE_WINDOW = 4096
@@ -1088,6 +1093,9 @@ cdef enum:
     _T_RUNNING = 1
     _T_DONE = 4
     _WINDOW = 4096
+    _PUT_OK = 0
+    _PUT_FULL = 1
+    _PUT_CLOSED = 2
 
 
 def clock():
@@ -1105,6 +1113,7 @@ cdef class Ledger:
     cdef bint _collecting            # shutdown hands back what workers take
     cdef readonly bint slow          # every task starts through pool._run_slow
     cdef int _watch                  # > 0: someone waits for the pool to be idle
+    cdef int _room                   # > 0: producers wait for room in the queue
     cdef unsigned long long stamps, samples
     cdef double wait_ring[_WINDOW]
     cdef double run_ring[_WINDOW]
@@ -1150,6 +1159,17 @@ cdef class Ledger:
     def add_watch(self, int delta):
         with cython.critical_section(self):
             self._watch += delta
+
+    @property
+    def room_waiters(self):
+        with cython.critical_section(self):
+            return self._room
+
+    def add_room_waiter(self, int delta):
+        """A producer starts (+1) or stops (-1) waiting for room: while one waits, a
+        worker taking a task calls pool._room_made()."""
+        with cython.critical_section(self):
+            self._room += delta
 
     # -- counters --
 
@@ -1257,31 +1277,50 @@ cdef class Ledger:
         """A new, uncounted PoolTask (attempt 1, QUEUED) with a new Future."""
         return self._new_task(pool, fn, args, kwargs, opts, retry)
 
+    def admit(self, PoolTask task, int src=_OUTSIDE):
+        """Count and queue `task` in one step: PUT_OK, or PUT_FULL / PUT_CLOSED with
+        nothing counted. `src`: OUTSIDE for a new task (refused once the ledger is
+        closed), N_RETRYING for a retry going back to the queue.
+
+        Counted and queued at once, a task waiting for room is in no counter: live
+        `submitted` never goes back, and `queued` never counts what is not queued."""
+        if not (src == _OUTSIDE or src == _RET):
+            raise ValueError(f"admit() moves a task from OUTSIDE or N_RETRYING, not {src}")
+        return self._admit(task, src)
+
+    cdef int _admit(self, PoolTask task, int src) except -1:
+        cdef int st
+        with cython.critical_section(self):
+            if src == _OUTSIDE and self._closed:
+                return _PUT_CLOSED
+            # Counted first: the worker that takes it may move it on at once. With the
+            # GIL (no Python code runs in between, and a bounded queue's try_push never
+            # releases it) nobody sees the count undone when the put fails.
+            self._shift(src, _QUE, -1, None)
+            st = self.queue._try_put(task)
+            if st != OK:
+                self._shift(_QUE, src, -1, None)
+        return _PUT_OK if st == OK else _PUT_FULL if st == FULL else _PUT_CLOSED
+
     def submit(self, pool, fn, tuple args, dict kwargs, retry):
         """The fast submit: count and queue a task without options (and start a worker
         if it needs one); return its future.
 
-        None (and nothing counted or queued) if the pool is closed or the queue is
-        full or closed: the caller takes the slow path, which waits or raises."""
+        None (and nothing counted or queued, see admit) if the pool is closed or the
+        queue is full or closed: the caller takes the slow path, which waits or raises."""
         cdef PoolTask task
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
         task = self._new_task(pool, fn, args, kwargs, None, retry)
-        with cython.critical_section(self):
-            if self._closed:
-                return None
-            self._shift(_OUTSIDE, _QUE, -1, None)
         if self._sampled():
             task.t_queued = c_monotonic()
-        if self.queue._try_put(task) == OK:
-            # Work waiting for more workers than are idle: one more, if allowed (see
-            # WorkQueue.bind_workers).
-            if self.queue._short_of_workers(<Py_ssize_t>self.queue.q.size()):
-                pool._adjust_thread_count()
-            return task.future
-        if self.move(_QUE, _OUTSIDE):
-            pool._check_idle_locked()
-        return None
+        if self._admit(task, _OUTSIDE) != _PUT_OK:
+            return None  # nothing counted
+        # Work waiting for more workers than are idle: one more, if allowed (see
+        # WorkQueue.bind_workers).
+        if self.queue._short_of_workers(<Py_ssize_t>self.queue.q.size()):
+            pool._adjust_thread_count()
+        return task.future
 
 
 cdef class PoolTask(WorkItem):
@@ -1307,7 +1346,7 @@ cdef class PoolTask(WorkItem):
     cpdef run_plain(self):
         """Run a task without options: start, call, settle, count."""
         cdef Ledger ledger = self.ledger
-        cdef bint ok, watch
+        cdef bint ok, watch, room
         cdef double t0 = 0.0
         cdef double t_queued = self.t_queued
         future = self.future
@@ -1317,6 +1356,9 @@ cdef class PoolTask(WorkItem):
             if ok:
                 self.state = _T_RUNNING
                 ledger._shift(_QUE, _RUN, -1, self)
+            room = ledger._room > 0
+        if room:
+            self.pool._room_made()  # taking this task made room in the queue
         if not ok:
             self.pool._not_run(self, started)
             return

@@ -119,9 +119,12 @@ def _no_leaked_threads():
     # Workers of a pool shut down with wait=False may take a moment to exit.
     end = time.monotonic() + 10.0
     while True:
+        # Pool workers are daemon threads that interpreter exit still joins (those in
+        # executor._threads_queues): they count as well.
+        joined_at_exit = set(fastpool.executor._threads_queues)
         leaked = [
             t for t in threading.enumerate()
-            if t not in before and t.is_alive() and not t.daemon
+            if t not in before and t.is_alive() and (not t.daemon or t in joined_at_exit)
         ]
         if not leaked or time.monotonic() > end:
             break
