@@ -288,7 +288,9 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
             if self._shutdown or self._broken:
                 return
             num_threads = len(self._threads)
-            if num_threads >= self._max_workers:
+            # The stdlib's comparison, so that every max_workers it accepts (nan
+            # included) starts the same number of threads.
+            if not num_threads < self._max_workers:
                 return
             with _global_shutdown_lock:
                 if _shutdown:

@@ -48,22 +48,19 @@ cdef extern from "Python.h":
 
 cdef extern from *:
     """
-    /* The referent of a weak reference as a new reference, NULL if it is dead: one C
+    /* The referent of a weak reference (a new reference), None once it is dead: one C
        call instead of calling the weakref object (submit's hot path reads one). */
     static inline PyObject *fp_weakref_target(PyObject *ref) {
     #if PY_VERSION_HEX >= 0x030D0000
         PyObject *obj = NULL;
         (void)PyWeakref_GetRef(ref, &obj);  /* ref is always a weakref: no error */
-        return obj;
+        return obj != NULL ? obj : Py_NewRef(Py_None);
     #else
-        PyObject *obj = PyWeakref_GET_OBJECT(ref);
-        if (obj == Py_None) return NULL;
-        Py_INCREF(obj);
-        return obj;
+        return Py_NewRef(PyWeakref_GET_OBJECT(ref));
     #endif
     }
     """
-    void *fp_weakref_target(object ref)
+    object fp_weakref_target(object ref)
 
 
 # fp_queue.h never blocks on a mutex while holding the GIL (see BlockHooks there):
@@ -182,9 +179,9 @@ cdef class WorkQueue:
             most = self._max_workers
         if waiting <= <Py_ssize_t>self.q.idle() or ref is None:
             return False
-        cdef void *threads = fp_weakref_target(ref)
+        threads = fp_weakref_target(ref)
         # A dead reference: the pool is gone, nobody can start a worker.
-        return threads != NULL and len(_steal(threads)) < most
+        return threads is not None and len(threads) < most
 
     def submit(self, fn, tuple args, dict kwargs):
         """The executor's fast submit: queue a new WorkItem and return its Future.
