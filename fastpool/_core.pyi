@@ -3,6 +3,7 @@
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future as _StdFuture
 from typing import Any
+from weakref import ref
 
 class QueueClosed(Exception): ...
 class QueueEmpty(Exception): ...
@@ -51,7 +52,8 @@ class WorkItem:
 
 class MapJob(Iterator[Any]):
     def __init__(self, fn: Callable[..., Any], inputs: Iterable[Any],
-                 enqueue: Callable[[Any], None], max_runners: int, *, star: bool = True,
+                 enqueue: Callable[[Any], None] | ref[Callable[[Any], None]],
+                 max_runners: int, *, star: bool = True,
                  ordered: bool = True, return_exceptions: bool = False,
                  buffersize: int | None = None, chunksize: int = 1,
                  timeout: float | None = None) -> None: ...

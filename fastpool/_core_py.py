@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from concurrent.futures import CancelledError as _base_CancelledError
 from concurrent.futures import TimeoutError as _FuturesTimeoutError
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from ._future import Future
 
@@ -20,6 +21,9 @@ __all__ = ["Future", "MapJob", "QueueClosed", "QueueEmpty", "WorkItem", "WorkQue
            "run_worker"]
 
 LOGGER = logging.getLogger("concurrent.futures")
+
+# What a map job calls to queue a runner: the callable, or a weak reference to it.
+_Enqueue = Union[Callable[[Any], None], "weakref.ref[Callable[[Any], None]]"]
 
 
 class QueueClosed(Exception):
@@ -54,7 +58,9 @@ class WorkQueue:
         self._closed = False
         self._idle = 0
         self._retire = 0
-        self._threads: Any = frozenset()
+        # Weak: see fastpool._core.WorkQueue (a queue holding its threads would keep
+        # the executor's registry of workers, and every Thread object, alive).
+        self._threads: weakref.ref[Any] | None = None
         self._max_workers = 0
 
     @property
@@ -71,9 +77,11 @@ class WorkQueue:
         return self._idle
 
     def bind_workers(self, threads: Any, max_workers: int) -> None:
-        """The pool's set of worker threads and its maximum (see submit)."""
+        """The pool's set of worker threads and its maximum (see submit); the queue
+        keeps only a weak reference to the set."""
+        ref = weakref.ref(threads)
         with self._lock:
-            self._threads = threads
+            self._threads = ref
             self._max_workers = max_workers
 
     def set_max_workers(self, max_workers: int) -> None:
@@ -81,7 +89,12 @@ class WorkQueue:
             self._max_workers = max_workers
 
     def _short_of_workers(self, waiting: int) -> bool:
-        return waiting > self._idle and len(self._threads) < self._max_workers
+        ref = self._threads
+        if waiting <= self._idle or ref is None:
+            return False
+        threads = ref()
+        # A dead reference: the pool is gone, nobody can start a worker.
+        return threads is not None and len(threads) < self._max_workers
 
     def submit(self, fn: Callable[..., Any], args: tuple[Any, ...],
                kwargs: dict[str, Any]) -> Any:
@@ -286,12 +299,14 @@ class _MapRunner:
 class _MapState:
     """See fastpool._core: the same algorithm, one item per step (no chunking)."""
 
-    def __init__(self, fn: Callable[..., Any], inputs: Any, enqueue: Callable[[Any], None],
+    def __init__(self, fn: Callable[..., Any], inputs: Any, enqueue: _Enqueue,
                  max_runners: int, *, star: bool = True, ordered: bool = True,
                  return_exceptions: bool = False, buffersize: int | None = None,
                  chunksize: int = 1, timeout: float | None = None) -> None:
         self.fn = fn
         self.source = iter(inputs)
+        # A callable, or a weak reference to one (see fastpool._core: then the job does
+        # not keep the pool alive, and takes no more inputs once it is gone).
         self.enqueue = enqueue
         self.star = star
         self.ordered = ordered
@@ -316,6 +331,15 @@ class _MapState:
     def _feed(self, n: int) -> None:
         if self.input_done or self.cancelled:
             return
+        enqueue: Callable[[Any], None] | None
+        if isinstance(self.enqueue, weakref.ref):
+            # Checked before an input is taken: none is taken for a pool that is gone.
+            enqueue = self.enqueue()
+            if enqueue is None:
+                self.input_done = True
+                return
+        else:
+            enqueue = self.enqueue
         if n < 0:
             batch = list(self.source)
             self.input_done = True
@@ -337,7 +361,7 @@ class _MapState:
                 self.runners += want
         for _ in range(max(want, 0)):
             try:
-                self.enqueue(_MapRunner(self))
+                enqueue(_MapRunner(self))
             except BaseException:
                 with self.cond:
                     self.runners -= 1
@@ -363,6 +387,9 @@ class _MapState:
                 else:
                     self.done.append(result)
                 self.cond.notify_all()
+            # Not kept while the next call runs: the consumer may have yielded and
+            # dropped it already (bpo-14406).
+            del result
 
     def abort(self, error: BaseException | None = None) -> None:
         """The pool is cancelling its work: inputs not started yet never run, and the
@@ -433,7 +460,7 @@ class MapJob:
     (see fastpool._core.MapJob); dropping it cancels what has not started.
     """
 
-    def __init__(self, fn: Callable[..., Any], inputs: Any, enqueue: Callable[[Any], None],
+    def __init__(self, fn: Callable[..., Any], inputs: Any, enqueue: _Enqueue,
                  max_runners: int, **options: Any) -> None:
         self._state = _MapState(fn, inputs, enqueue, max_runners, **options)
 

@@ -7,8 +7,13 @@ loop. The only intended differences are two stdlib bugs it fixes (see _future.py
 
 from __future__ import annotations
 
+import collections
+import itertools
+import math
 import os
+import sys
 import threading
+import time
 import weakref
 from concurrent.futures import _base
 from concurrent.futures import thread as _thread
@@ -80,6 +85,87 @@ def _default_max_workers() -> int:
     return min(32, (count or 1) + 4)
 
 
+def _worker_limit(max_workers: Any) -> int:
+    """The worker count the native queue compares with, for any `max_workers` the
+    stdlib accepts (it only checks `<= 0`; 1.5, 2**63, inf, nan, Fraction pass).
+
+    Never below the real limit -- the number of threads n for which
+    `n < max_workers` holds -- since the queue's fast submit queues work without
+    starting a worker once that many run. Above it only sends submits down the
+    Python path, which compares with max_workers itself (sys.maxsize for what has no
+    integer ceiling: inf, nan, types without __ceil__)."""
+    if type(max_workers) is int:
+        return min(max_workers, sys.maxsize)
+    try:
+        return min(int(math.ceil(max_workers)), sys.maxsize)
+    except (TypeError, ValueError, OverflowError):
+        return sys.maxsize
+
+
+def _submit_overridden(executor: Any) -> bool:
+    """True when `executor.submit` is not ThreadPoolExecutor.submit: redefined by a
+    subclass, or set on the instance. map() must then go through it, as the stdlib's
+    does (tqdm's thread_map counts its progress there, subclasses carry context)."""
+    return type(executor).submit is not ThreadPoolExecutor.submit or "submit" in vars(executor)
+
+
+# Python 3.14's Executor.map takes buffersize; before, only fastpool's own map does.
+_STDLIB_BUFFERSIZE = "buffersize" in _base.Executor.map.__code__.co_varnames
+
+
+def _map_via_submit(executor: Any, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...],
+                    timeout: float | None, chunksize: int,
+                    buffersize: int | None) -> Iterator[Any]:
+    """The running stdlib's Executor.map, which calls executor.submit per item; with a
+    buffersize on a stdlib that has none, the same as Python 3.14's."""
+    if buffersize is None:
+        return _base.Executor.map(executor, fn, *iterables, timeout=timeout,
+                                  chunksize=chunksize)
+    if _STDLIB_BUFFERSIZE:
+        return _base.Executor.map(executor, fn, *iterables, timeout=timeout,  # type: ignore[call-arg]
+                                  chunksize=chunksize, buffersize=buffersize)
+    if timeout is not None:
+        end_time = timeout + time.monotonic()
+    args_iter = zip(*iterables)
+    fs = collections.deque(executor.submit(fn, *args)
+                           for args in itertools.islice(args_iter, buffersize))
+    # Weak, so that the executor can be collected while the iterator lives.
+    executor_ref = weakref.ref(executor)
+    del executor
+
+    def result_iterator() -> Iterator[Any]:
+        try:
+            fs.reverse()
+            while fs:
+                owner = executor_ref()
+                if owner is not None:
+                    args = next(args_iter, None)
+                    if args is not None:
+                        fs.appendleft(owner.submit(fn, *args))
+                    del owner
+                # Careful not to keep a reference to the popped future.
+                if timeout is None:
+                    yield _result_or_cancel(fs.pop())
+                else:
+                    yield _result_or_cancel(fs.pop(), end_time - time.monotonic())
+        finally:
+            for future in fs:
+                future.cancel()
+
+    return result_iterator()
+
+
+def _result_or_cancel(fut: Any, timeout: float | None = None) -> Any:
+    # As the stdlib's (3.12+): cancel on error, and drop the future before returning.
+    try:
+        try:
+            return fut.result(timeout)
+        finally:
+            fut.cancel()
+    finally:
+        del fut
+
+
 def _initialize_worker(owner_reference: weakref.ref[Any],
                        initializer: Callable[..., object] | None,
                        initargs: tuple[Any, ...]) -> bool:
@@ -134,7 +220,7 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         self._work_queue = self._make_queue()
         self._threads: set[threading.Thread] = set()
         # The queue reads the live thread set: its submit() knows when to ask for more.
-        self._work_queue.bind_workers(self._threads, max_workers)
+        self._work_queue.bind_workers(self._threads, _worker_limit(max_workers))
         self._broken = False
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
@@ -202,7 +288,9 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
             if self._shutdown or self._broken:
                 return
             num_threads = len(self._threads)
-            if num_threads >= self._max_workers:
+            # The stdlib's comparison, so that every max_workers it accepts (nan
+            # included) starts the same number of threads.
+            if not num_threads < self._max_workers:
                 return
             with _global_shutdown_lock:
                 if _shutdown:
@@ -251,17 +339,27 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         what has not started is cancelled when the iterator is closed, dropped or
         raises. Unlike the stdlib there is no Future per item: workers take the inputs
         in chunks sized to how long each call takes (`chunksize` is the smallest).
+        Where `submit` is overridden (by a subclass or on the instance), map goes
+        through it, one call per item, exactly as the stdlib's.
+
+        The iterator does not keep the executor alive: if the executor is collected,
+        the calls already submitted still run and are yielded; with `buffersize`, no
+        further inputs are taken then and the iterator ends (as the stdlib's).
         """
         if buffersize is not None and not isinstance(buffersize, int):
             raise TypeError("buffersize must be an integer or None")
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
+        if _submit_overridden(self):
+            return _map_via_submit(self, fn, iterables, timeout, chunksize, buffersize)
         if len(iterables) == 1:
             inputs, star = iterables[0], False
         else:
             inputs, star = zip(*iterables), True
-        job = core.MapJob(fn, inputs, self._enqueue, self._max_workers, star=star,
-                          buffersize=buffersize, chunksize=max(1, chunksize), timeout=timeout)
+        # A weak reference to _enqueue: the job must not keep the executor alive.
+        job = core.MapJob(fn, inputs, weakref.WeakMethod(self._enqueue),
+                          _worker_limit(self._max_workers), star=star, buffersize=buffersize,
+                          chunksize=max(1, chunksize), timeout=timeout)
         self._map_jobs.add(job)
         return job
 

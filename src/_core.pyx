@@ -23,6 +23,7 @@ from fp_queue cimport monotonic as c_monotonic, set_block_hooks
 
 import logging
 import threading
+import weakref
 from concurrent.futures import _base
 from time import monotonic
 
@@ -43,6 +44,23 @@ cdef extern from "Python.h":
     int PyGILState_Check() noexcept nogil
     PyThreadState *PyEval_SaveThread() noexcept nogil
     void PyEval_RestoreThread(PyThreadState *) noexcept nogil
+
+
+cdef extern from *:
+    """
+    /* The referent of a weak reference (a new reference), None once it is dead: one C
+       call instead of calling the weakref object (submit's hot path reads one). */
+    static inline PyObject *fp_weakref_target(PyObject *ref) {
+    #if PY_VERSION_HEX >= 0x030D0000
+        PyObject *obj = NULL;
+        (void)PyWeakref_GetRef(ref, &obj);  /* ref is always a weakref: no error */
+        return obj != NULL ? obj : Py_NewRef(Py_None);
+    #else
+        return Py_NewRef(PyWeakref_GET_OBJECT(ref));
+    #endif
+    }
+    """
+    object fp_weakref_target(object ref)
 
 
 # fp_queue.h never blocks on a mutex while holding the GIL (see BlockHooks there):
@@ -106,14 +124,17 @@ cdef class WorkQueue:
     """Bounded or unbounded MPMC queue of Python objects (maxsize=0: unbounded)."""
 
     cdef Queue *q
-    cdef object _threads          # the pool's live set of worker threads (only read here)
+    # A weak reference to the pool's live set of worker threads (only read here), or
+    # None. Weak because the executor's registry of workers maps each thread to this
+    # queue weakly by thread (as the stdlib's _threads_queues): a queue that held its
+    # threads would keep every entry, and every Thread object, alive for ever.
+    cdef object _threads
     cdef Py_ssize_t _max_workers  # the pool's maximum
 
     def __cinit__(self, Py_ssize_t maxsize=0):
         if maxsize < 0:
             raise ValueError(f"maxsize must be >= 0, got {maxsize}")
         self.q = new Queue(<size_t>maxsize)
-        self._threads = frozenset()
 
     def __dealloc__(self):
         cdef vector[void *] left
@@ -139,9 +160,11 @@ cdef class WorkQueue:
 
     def bind_workers(self, threads, Py_ssize_t max_workers):
         """The pool's set of worker threads and its maximum, for submit() (and the
-        Pool's Ledger.submit) to tell when a task needs one more worker."""
+        Pool's Ledger.submit) to tell when a task needs one more worker. The queue
+        keeps only a weak reference to the set."""
+        ref = weakref.ref(threads)
         with cython.critical_section(self):
-            self._threads = threads
+            self._threads = ref
             self._max_workers = max_workers
 
     def set_max_workers(self, Py_ssize_t max_workers):
@@ -152,9 +175,13 @@ cdef class WorkQueue:
         # `waiting` items for fewer idle workers, and room for one more thread.
         cdef Py_ssize_t most
         with cython.critical_section(self):
-            threads = self._threads
+            ref = self._threads
             most = self._max_workers
-        return waiting > self.q.idle() and len(threads) < most
+        if waiting <= <Py_ssize_t>self.q.idle() or ref is None:
+            return False
+        threads = fp_weakref_target(ref)
+        # A dead reference: the pool is gone, nobody can start a worker.
+        return threads is not None and len(threads) < most
 
     def submit(self, fn, tuple args, dict kwargs):
         """The executor's fast submit: queue a new WorkItem and return its Future.
@@ -717,7 +744,11 @@ cdef class _MapState:
     buffersize=None every input is taken now, in the caller's thread (the stdlib's
     eager map); otherwise buffersize inputs are taken now and one more each time a
     result is requested, also in the caller's thread. enqueue(item) puts a runner on
-    the pool's queue. timeout counts from construction. Results come in input order
+    the pool's queue; enqueue may be a weak reference to that callable (a
+    weakref.WeakMethod of the pool's), so that the job does not keep the pool alive:
+    once it is dead no more inputs are taken (as the stdlib's map, whose iterator
+    holds its executor weakly) and the job ends after those already taken. timeout
+    counts from construction. Results come in input order
     (ordered=True) or as chunks complete. An item's exception is raised where its
     result would be (then the job is cancelled), or returned with return_exceptions.
     """
@@ -725,6 +756,7 @@ cdef class _MapState:
     cdef object fn
     cdef object source
     cdef object enqueue
+    cdef bint weak_enqueue    # enqueue is a weak reference to the callable
     cdef bint star, ordered, return_exceptions
     cdef bint input_done      # the source is exhausted
     # Read by runners before every item without a lock: a real atomic, so that it is
@@ -757,6 +789,7 @@ cdef class _MapState:
         self.fn = fn
         self.source = iter(inputs)
         self.enqueue = enqueue
+        self.weak_enqueue = isinstance(enqueue, weakref.ref)
         self.star = star
         self.ordered = ordered
         self.return_exceptions = return_exceptions
@@ -778,6 +811,13 @@ cdef class _MapState:
         cdef list batch
         if self.input_done or self.cancelled.load():
             return 0
+        enqueue = self.enqueue
+        if self.weak_enqueue:
+            # Checked before an input is taken: none is taken for a pool that is gone.
+            enqueue = enqueue()
+            if enqueue is None:
+                self.input_done = True
+                return 0
         if n < 0:
             batch = list(self.source)
             self.input_done = True
@@ -804,7 +844,7 @@ cdef class _MapState:
                 self.runners += want
         for _ in range(want):
             try:
-                self.enqueue(_MapRunner(self))
+                enqueue(_MapRunner(self))
             except BaseException:
                 with cython.critical_section(self):
                     self.runners -= 1
@@ -900,6 +940,9 @@ cdef class _MapState:
             if self.cur is not None:
                 if self.cur_pos < len(self.cur):
                     r = self.cur[self.cur_pos]
+                    # Yielded results are not kept (bpo-14406): only the consumer
+                    # holds them from here.
+                    self.cur[self.cur_pos] = None
                     self.cur_pos += 1
                     self.yielded += 1
                     if type(r) is _Failure:

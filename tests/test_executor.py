@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 
 import pytest
 
@@ -235,6 +236,106 @@ def test_map_error_cancels_the_rest(executor_cls, gate):
     finally:
         ex.shutdown(wait=True)
     assert gate.started == [1]
+
+
+class Obj:
+    """A weakref-able result."""
+
+    def __init__(self, tag: object = None) -> None:
+        self.tag = tag
+
+
+def _dead_soon(refs: list, timeout: float = PROMPT) -> list[int]:
+    """Indexes of refs still alive after waiting up to `timeout` (a worker may drop its
+    last reference a moment after the consumer got the value, as in the stdlib)."""
+    end = time.monotonic() + timeout
+    while True:
+        alive = [i for i, r in enumerate(refs) if r() is not None]
+        if not alive or time.monotonic() > end:
+            return alive
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("speed", ["fast", "slow"])
+def test_map_drops_results_it_has_yielded(executor_cls, gate, speed):
+    # bpo-14406: the iterator keeps no reference to a result it has yielded. "fast":
+    # no-op calls (fastpool hands their results over in chunks); "slow": one at a time,
+    # the last call blocking (a worker moving on to its next call must not hold on to
+    # the result of its previous one).
+    n = 1000 if speed == "fast" else 12
+
+    def make(i):
+        if speed == "slow":
+            if i == n - 1:
+                gate()
+            time.sleep(0.002)
+        return Obj(i)
+
+    with executor_cls(2) as ex:
+        it = ex.map(make, range(n))
+        refs = []
+        for _ in range(n - 1):
+            obj = next(it)
+            refs.append(weakref.ref(obj))
+            del obj
+        assert _dead_soon(refs) == []
+        gate.open()
+        assert next(it).tag == n - 1
+        with pytest.raises(StopIteration):
+            next(it)
+
+
+def _counting(executor, how: str, calls: list):
+    """Make executor.submit count its calls: `how` = "subclass" (an override on the
+    type; executor is a class then) or "instance" (an attribute set on the instance)."""
+    if how == "subclass":
+        class Counting(executor):
+            def submit(self, fn, /, *args, **kwargs):
+                calls.append(args)
+                return super().submit(fn, *args, **kwargs)
+
+        return Counting(2)
+    ex = executor(2)
+    plain_submit = ex.submit
+
+    def submit(fn, /, *args, **kwargs):
+        calls.append(args)
+        return plain_submit(fn, *args, **kwargs)
+
+    ex.submit = submit
+    return ex
+
+
+@pytest.mark.parametrize("how", ["subclass", "instance"])
+def test_map_goes_through_an_overridden_submit(executor_cls, how):
+    # Wrappers count or carry context there (tqdm's thread_map counts its progress bar
+    # in a submit wrapper): map() calls submit once per item, as the stdlib's does.
+    calls: list = []
+    with _counting(executor_cls, how, calls) as ex:
+        assert list(ex.map(abs, [-1, -2, -3])) == [1, 2, 3]
+        assert calls == [(-1,), (-2,), (-3,)]
+        del calls[:]
+        assert list(ex.map(pow, [2, 3], [5, 6], timeout=PROMPT)) == [32, 729]
+        assert calls == [(2, 5), (3, 6)]
+        if has_buffersize(type(ex)):
+            del calls[:]
+            it = ex.map(abs, range(-10, 0), buffersize=2)
+            assert len(calls) == 2, "buffersize=2 submits 2 calls up front"
+            assert next(it) == 10
+            assert len(calls) == 3
+            assert list(it) == list(range(9, 0, -1))
+            assert len(calls) == 10
+
+
+def test_map_without_override_does_not_call_submit():
+    # The fast path (no Future per item) stays where submit is fastpool's own.
+    class Plain(fastpool.ThreadPoolExecutor):
+        pass
+
+    with Plain(2) as ex:
+        it = ex.map(abs, range(-5, 0))
+        assert isinstance(it, fastpool._compat.core.MapJob)
+        assert list(it) == [5, 4, 3, 2, 1]
 
 
 def test_map_takes_inputs_at_the_call(executor_cls):
@@ -459,6 +560,41 @@ def test_max_workers_must_be_positive(executor_cls, n):
         executor_cls(n)
     with pytest.raises(ValueError, match=r"^max_workers must be greater than 0$"):
         executor_cls(max_workers=n)
+
+
+@pytest.mark.parametrize("n, threads", [(1.5, 2), (True, 1), (2**63, 4), (float("inf"), 4)],
+                         ids=["1.5", "True", "2**63", "inf"])
+def test_max_workers_accepts_what_the_stdlib_accepts(executor_cls, n, threads):
+    # The stdlib checks only `max_workers <= 0`, and starts a thread while
+    # len(threads) < max_workers: 1.5 allows 2 threads; 2**63 and inf are unbounded.
+    with executor_cls(n) as ex:
+        assert ex._max_workers == n
+        barrier = threading.Barrier(threads)
+        fs = [ex.submit(barrier.wait, PROMPT) for _ in range(threads)]
+        assert sorted(f.result(PROMPT) for f in fs) == list(range(threads))
+        assert len(ex._threads) == threads
+        assert list(ex.map(abs, range(-20, 0))) == list(range(20, 0, -1))
+
+
+def test_max_workers_nan_is_accepted_like_the_stdlib(executor_cls):
+    # nan <= 0 is false, and so is len(threads) < nan: no worker ever starts.
+    ex = executor_cls(float("nan"))
+    try:
+        f = ex.submit(abs, -1)
+        time.sleep(0.05)
+        assert not f.done() and not ex._threads
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("value", ["3", b"3", [], (), 1j, 0.0, -0.5, -2**63, float("-inf"),
+                                   False], ids=repr)
+def test_bad_max_workers_errors_match_the_stdlib(value):
+    with pytest.raises(Exception) as want:
+        cf.ThreadPoolExecutor(value)
+    with pytest.raises(type(want.value)) as got:
+        fastpool.ThreadPoolExecutor(value)
+    assert str(got.value) == str(want.value)
 
 
 def test_initializer_must_be_callable(executor_cls):

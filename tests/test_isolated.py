@@ -9,6 +9,7 @@ which dumps every thread's stack first).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,16 @@ def test_gc_executor_with_queued_work(run_script, module):
     assert proc.stderr == "", proc
 
 
+@pytest.mark.parametrize("module", MODULES)
+def test_gc_executor_with_live_map(run_script, module):
+    proc = run_script(HERE / "gc_executor_map.py", args=(module,), timeout=60)
+    assert proc.returncode == 0, proc
+    # map(buffersize=...): fastpool's on every Python, the stdlib's from 3.14.
+    lazy = module == "fastpool" or sys.version_info >= (3, 14)
+    assert lines(proc.stdout) == ["ok eager"] + ["ok buffersize"] * lazy, proc
+    assert proc.stderr == "", proc
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.parametrize("scenario", ["busy", "churn"])
 def test_fork_while_busy(run_script, scenario):
@@ -66,4 +77,4 @@ def test_scripts_all_collected():
     # A script added to tests/isolated/ must get a test here.
     scripts = sorted(p.name for p in HERE.glob("*.py"))
     assert scripts == sorted(["exit_with_queued_work.py", "gc_executor.py", "fork_busy.py",
-                              "main_ends_pool_open.py"]), scripts
+                              "main_ends_pool_open.py", "gc_executor_map.py"]), scripts

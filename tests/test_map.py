@@ -202,3 +202,38 @@ def test_map_fails_with_broken_pool_when_initializer_fails(caplog):
             first.result(30)
     finally:
         executor.shutdown(wait=True)
+
+
+def test_weak_enqueue_takes_no_input_once_its_owner_is_gone():
+    # The executor hands its map jobs a weak reference to its enqueue method, so that
+    # a live iterator does not keep it alive; once it is gone, no input is taken any
+    # more and the job ends after the ones already taken (as the stdlib's map).
+    q = core.WorkQueue()
+    worker = threading.Thread(target=core.run_worker, args=(q,))
+    worker.start()
+
+    class Owner:
+        def enqueue(self, item):
+            q.put(item)
+
+    taken = []
+
+    def source():
+        for i in range(10):
+            taken.append(i)
+            yield i
+
+    try:
+        owner = Owner()
+        job = core.MapJob(abs, source(), weakref.WeakMethod(owner.enqueue), 2, star=False,
+                          buffersize=2)
+        assert next(job) == 0
+        assert taken == [0, 1, 2]
+        ref = weakref.ref(owner)
+        del owner
+        assert ref() is None, "the job keeps its owner alive"
+        assert list(job) == [1, 2]
+        assert taken == [0, 1, 2]
+    finally:
+        q.close()
+        worker.join(30)
