@@ -22,6 +22,7 @@ from fp_queue cimport Queue, Signal, OK, EMPTY, FULL, TIMEOUT, CLOSED
 from fp_queue cimport monotonic as c_monotonic, set_block_hooks
 
 import logging
+import sys
 import threading
 from concurrent.futures import _base
 from time import monotonic
@@ -66,7 +67,17 @@ cdef object LOGGER = logging.getLogger("concurrent.futures")
 # (KeyboardInterrupt) run: a C wait cannot be interrupted otherwise.
 cdef double WAIT_SLICE = 0.05
 # How long (ns) one idle worker polls the queue before parking (see fp_queue.h pop()).
-cdef long SPIN_NS = 50000
+# With the GIL, a worker that finds an item parks on the GIL until the submitter blocks
+# (in result(), say), so its spin only bridges the submitter's wake-up. Without it
+# (free-threaded), nothing parks a worker between tasks: in a submit(...).result() loop
+# each task arrives within 50 us, so the worker never parked and kept a core busy-waiting
+# for a submitter that was waiting for it. There a spin covers bursts only.
+cdef long SPIN_NS = 50000 if getattr(sys, "_is_gil_enabled", lambda: True)() else 5000
+
+
+def spin_ns():
+    """How long (ns) an idle worker polls for work before it parks."""
+    return SPIN_NS
 
 
 class QueueClosed(Exception):
