@@ -52,8 +52,17 @@ MATCH = ["ThreadPool*", "FutureTests", "test_asyncio"]
 
 # Stdlib tests that check behaviour fastpool changes on purpose: {test id suffix after
 # "test.test_concurrent_futures." / "test.test_asyncio.": (CPython issue, why, our test)}.
-# Excluded by exact test id. Empty while no stdlib test asserts such behaviour.
-INTENDED: dict[str, tuple[str, str, str]] = {}
+# Excluded by exact test id (ids that exist only where the test is as described).
+INTENDED: dict[str, tuple[str, str, str]] = {
+    # 3.10/3.11's copy (one module; 3.12+ accepts both outcomes). The test submits one
+    # task and at once calls shutdown(wait=False, cancel_futures=True), asserting the task
+    # ran: a race, which the stdlib usually wins, that CPython fixed in the test itself.
+    # fastpool starts the worker before queueing, so cancel_futures finds the task queued
+    # and cancels it: "" instead of "apple", as the fixed test allows.
+    "test_concurrent_futures.ThreadPoolShutdownTest.test_cancel_futures_wait_false": (
+        "gh-116682", "racy test: the task may be cancelled before it starts",
+        "tests/test_stdlib_suite.py::test_cancel_futures_wait_false_either_outcome"),
+}
 
 # Known failures with a fix under way (issue 10, points 1-5): reported as such, not hidden.
 PENDING = {
