@@ -41,15 +41,28 @@ cdef extern from "Python.h":
     # Steals the reference: fills a fresh PyList_New slot with a call's new result.
     void PyList_SET_ITEM_STEAL "PyList_SET_ITEM"(object lst, Py_ssize_t i, PyObject *o)
     ctypedef struct PyThreadState
-    int PyGILState_Check() noexcept nogil
     PyThreadState *PyEval_SaveThread() noexcept nogil
     void PyEval_RestoreThread(PyThreadState *) noexcept nogil
+
+
+# The calling thread's attached thread state (it holds the GIL), or NULL. Not
+# PyGILState_Check(): once any subinterpreter has been created that answers 1 for
+# every thread, and PyEval_SaveThread on a thread without the GIL crashes.
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030D0000
+    #define fp_attached_tstate() PyThreadState_GetUnchecked()
+    #else
+    #define fp_attached_tstate() _PyThreadState_UncheckedGet()
+    #endif
+    """
+    PyThreadState *fp_attached_tstate() noexcept nogil
 
 
 # fp_queue.h never blocks on a mutex while holding the GIL (see BlockHooks there):
 # these release the GIL around such a wait when the calling thread holds it.
 cdef void *_release_gil_to_block() noexcept nogil:
-    if PyGILState_Check():
+    if fp_attached_tstate() != NULL:
         return <void *>PyEval_SaveThread()
     return NULL
 
