@@ -45,8 +45,10 @@ cdef extern from "Python.h":
     void PyEval_RestoreThread(PyThreadState *) noexcept nogil
 
 
-# The calling thread's attached thread state (it holds the GIL), or NULL. Not
-# PyGILState_Check(): once any subinterpreter has been created that answers 1 for
+# fp_queue.h never blocks on a mutex while holding the GIL (see BlockHooks there):
+# these release the GIL around such a wait when the calling thread holds it.
+# It holds it when it has an attached thread state (else NULL) -- not when
+# PyGILState_Check() says so: once any subinterpreter was created that answers 1 for
 # every thread, and PyEval_SaveThread on a thread without the GIL crashes.
 cdef extern from *:
     """
@@ -58,9 +60,6 @@ cdef extern from *:
     """
     PyThreadState *fp_attached_tstate() noexcept nogil
 
-
-# fp_queue.h never blocks on a mutex while holding the GIL (see BlockHooks there):
-# these release the GIL around such a wait when the calling thread holds it.
 cdef void *_release_gil_to_block() noexcept nogil:
     if fp_attached_tstate() != NULL:
         return <void *>PyEval_SaveThread()
