@@ -55,7 +55,11 @@ cdef extern from *:
     #if PY_VERSION_HEX >= 0x030D0000
     #define fp_attached_tstate() PyThreadState_GetUnchecked()
     #else
-    #define fp_attached_tstate() _PyThreadState_UncheckedGet()
+    /* Before 3.12 this is the GIL holder of the whole runtime, maybe another thread's. */
+    static inline PyThreadState *fp_attached_tstate(void) {
+        PyThreadState *t = _PyThreadState_UncheckedGet();
+        return (t != NULL && t == PyGILState_GetThisThreadState()) ? t : NULL;
+    }
     #endif
     """
     PyThreadState *fp_attached_tstate() noexcept nogil
