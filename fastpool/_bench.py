@@ -85,6 +85,14 @@ def work_5us(x: int) -> int:
     return s
 
 
+def work_cpu(x: int) -> int:
+    """Pure-Python CPU-bound work of about 1 ms: parallel only without the GIL."""
+    s = x
+    for i in range(30_000):
+        s ^= i * 3
+    return s
+
+
 _BLOB = bytes(256 * 1024)
 
 
@@ -295,6 +303,32 @@ def _map(impl: str, scale: float) -> Iterator[Runner]:
        ">= 90% of the loop's throughput")
 def _map_5us(impl: str, scale: float) -> Iterator[Runner]:
     yield from _map_case(impl, scale, work_5us, 40_000, 2)
+
+
+@_case("map-cpu", "map of a ~1 ms pure-Python function, 2 workers (scales without the GIL)",
+       _EXECUTORS + ("loop",), "free-threaded: ~2x the loop (serial), >= stdlib")
+def _map_cpu(impl: str, scale: float) -> Iterator[Runner]:
+    yield from _map_case(impl, scale, work_cpu, 400, 2)
+
+
+@_case("seq-cpu", "CPU used by a submit(...).result() loop of no-ops, 2 workers",
+       _EXECUTORS, "~100% of one core (the submitting thread); no busy-waiting worker",
+       (Metric("cpu", "% of one core"),))
+def _seq_cpu(impl: str, scale: float) -> Iterator[Runner]:
+    n = _n(20_000, scale, 100)
+    with open_pool(impl, 2) as h:
+        _warm(h)
+        submit, result = h.submit, h.result
+
+        def run() -> Metrics:
+            # process_time counts every thread: the loop's own thread is ~100%; a worker
+            # that polls instead of parking between tasks adds up to another 100%.
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(n):
+                result(submit(noop))
+            cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+            return {"cpu": cpu / wall * 100.0}
+        yield run
 
 
 @_case("map-chunk64", "map(chunksize=64) of a no-op over 300k items, 4 workers",

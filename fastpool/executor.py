@@ -185,9 +185,32 @@ def _initialize_worker(owner_reference: weakref.ref[Any],
 
 
 def _worker(executor_reference: weakref.ref[ThreadPoolExecutor], work_queue: Any,
-            initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
-    if _initialize_worker(executor_reference, initializer, initargs):
+            initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
+            context: Any = None) -> None:
+    if context is None:
+        if _initialize_worker(executor_reference, initializer, initargs):
+            core.run_worker(work_queue)
+        return
+    # A worker context from 3.14's prepare_context hook (InterpreterPoolExecutor's runs
+    # each task in the worker's own interpreter): set up, used and finalized as the stdlib.
+    if not _initialize_worker(executor_reference, context.initialize, ()):
+        return
+    worker_local.context = context
+    try:
         core.run_worker(work_queue)
+    finally:
+        context.finalize()
+
+
+def _run_in_worker_context(task: Any) -> Any:
+    # What a task submitted to an executor with its own prepare_context runs: the task,
+    # as resolved at submit time, by the context of the worker that took it.
+    return worker_local.context.run(task)
+
+
+# 3.14's default prepare_context: while a class keeps it, tasks run as they are.
+_STDLIB_PREPARE_CONTEXT = getattr(getattr(_thread.ThreadPoolExecutor, "prepare_context", None),
+                                  "__func__", None)
 
 
 class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
@@ -205,17 +228,43 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
     # the queue is fastpool's, and _broken holds the reason string once broken.
     _work_queue: Any
     _broken: str | bool  # type: ignore[assignment]
-    _initializer: Callable[..., object] | None  # type: ignore[assignment]
+    # 3.14's typeshed no longer declares _initializer on the base class.
+    _initializer: Callable[..., object] | None  # type: ignore[assignment, unused-ignore]
+    # The worker-context factory when a subclass overrides 3.14's prepare_context hook
+    # (InterpreterPoolExecutor); None on the fast path, where tasks run as they are.
+    _worker_context: Callable[[], Any] | None = None
 
-    def __init__(self, max_workers: int | None = None, thread_name_prefix: str = "",
-                 initializer: Callable[..., object] | None = None,
-                 initargs: tuple[Any, ...] = ()) -> None:
+    # The running Python's signature: 3.14 added **ctxkwargs (for prepare_context).
+    if sys.version_info >= (3, 14):
+        def __init__(self, max_workers: int | None = None, thread_name_prefix: str = "",
+                     initializer: Callable[..., object] | None = None,
+                     initargs: tuple[Any, ...] = (), **ctxkwargs: Any) -> None:
+            self._setup(max_workers, thread_name_prefix, initializer, initargs, ctxkwargs)
+    else:
+        def __init__(self, max_workers: int | None = None, thread_name_prefix: str = "",
+                     initializer: Callable[..., object] | None = None,
+                     initargs: tuple[Any, ...] = ()) -> None:
+            self._setup(max_workers, thread_name_prefix, initializer, initargs, None)
+
+    def _setup(self, max_workers: int | None, thread_name_prefix: str,
+               initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
+               ctxkwargs: dict[str, Any] | None) -> None:
         if max_workers is None:
             max_workers = _default_max_workers()
         if max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
+        if ctxkwargs is None:
+            if initializer is not None and not callable(initializer):
+                raise TypeError("initializer must be a callable")
+        else:
+            # As the 3.14 stdlib: the class's prepare_context (which also checks the
+            # initializer) gives the worker-context factory and the task resolver.
+            (self._create_worker_context,
+             self._resolve_work_item_task,
+             ) = type(self).prepare_context(initializer, initargs, **ctxkwargs)  # type: ignore[attr-defined, arg-type, unused-ignore]
+            if type(self).prepare_context.__func__ is not _STDLIB_PREPARE_CONTEXT:  # type: ignore[attr-defined, unused-ignore]
+                self._worker_context = self._create_worker_context
+                initializer, initargs = None, ()  # the worker context runs it
         self._max_workers = max_workers
         self._work_queue = self._make_queue()
         self._threads: set[threading.Thread] = set()
@@ -234,12 +283,20 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
 
     __init__.__doc__ = _thread.ThreadPoolExecutor.__init__.__doc__
 
+    def _broken_error(self) -> BaseException:
+        # 3.14: the class's BROKEN (BrokenInterpreterPool for InterpreterPoolExecutor).
+        broken: type[BrokenThreadPool] = getattr(self, "BROKEN", BrokenThreadPool)
+        return broken(self._broken)
+
     def _make_queue(self) -> Any:
         return core.WorkQueue()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         # The common case in one native call; None when a worker must start first or
         # the queue is closed: _enqueue does that, and raises what the stdlib raises.
+        if self._worker_context is not None:
+            task = self._resolve_work_item_task(fn, args, kwargs)  # type: ignore[attr-defined, unused-ignore]
+            fn, args, kwargs = _run_in_worker_context, (task,), {}
         f = self._work_queue.submit(fn, args, kwargs)
         if f is None:
             f = Future()
@@ -270,13 +327,13 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
                 # The worker this call started failed its initializer before the item
                 # was queued. The stdlib queues first, so there this task's future fails
                 # with BrokenThreadPool rather than submit raising: keep that.
-                item.fail(BrokenThreadPool(self._broken))
+                item.fail(self._broken_error())
                 return
             self._raise_closed()
 
     def _raise_closed(self) -> None:
         if self._broken:
-            raise BrokenThreadPool(self._broken)
+            raise self._broken_error()
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if _shutdown:
@@ -305,7 +362,8 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
 
             t = threading.Thread(name=thread_name, target=_worker,
                                  args=(weakref.ref(self, weakref_cb), q,
-                                       self._initializer, self._initargs))
+                                       self._initializer, self._initargs,
+                                       self._worker_context and self._worker_context()))
             try:
                 t.start()
             except RuntimeError:
@@ -326,7 +384,7 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
             self._work_queue.close()
             # Drain work queue and mark pending futures failed
             for item in self._work_queue.drain():
-                item.fail(BrokenThreadPool(self._broken))
+                item.fail(self._broken_error())
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:
@@ -346,6 +404,10 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         the calls already submitted still run and are yielded; with `buffersize`, no
         further inputs are taken then and the iterator ends (as the stdlib's).
         """
+        if self._worker_context is not None:
+            # Tasks go through submit, resolved by the class's prepare_context (3.14).
+            return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize,
+                               buffersize=buffersize)  # type: ignore[call-arg, unused-ignore]
         if buffersize is not None and not isinstance(buffersize, int):
             raise TypeError("buffersize must be an integer or None")
         if buffersize is not None and buffersize < 1:

@@ -22,6 +22,7 @@ from fp_queue cimport Queue, Signal, OK, EMPTY, FULL, TIMEOUT, CLOSED
 from fp_queue cimport monotonic as c_monotonic, set_block_hooks
 
 import logging
+import sys
 import threading
 import weakref
 from concurrent.futures import _base
@@ -41,7 +42,6 @@ cdef extern from "Python.h":
     # Steals the reference: fills a fresh PyList_New slot with a call's new result.
     void PyList_SET_ITEM_STEAL "PyList_SET_ITEM"(object lst, Py_ssize_t i, PyObject *o)
     ctypedef struct PyThreadState
-    int PyGILState_Check() noexcept nogil
     PyThreadState *PyEval_SaveThread() noexcept nogil
     void PyEval_RestoreThread(PyThreadState *) noexcept nogil
 
@@ -65,8 +65,25 @@ cdef extern from *:
 
 # fp_queue.h never blocks on a mutex while holding the GIL (see BlockHooks there):
 # these release the GIL around such a wait when the calling thread holds it.
+# It holds it when it has an attached thread state (else NULL) -- not when
+# PyGILState_Check() says so: once any subinterpreter was created that answers 1 for
+# every thread, and PyEval_SaveThread on a thread without the GIL crashes.
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030D0000
+    #define fp_attached_tstate() PyThreadState_GetUnchecked()
+    #else
+    /* Before 3.12 this is the GIL holder of the whole runtime, maybe another thread's. */
+    static inline PyThreadState *fp_attached_tstate(void) {
+        PyThreadState *t = _PyThreadState_UncheckedGet();
+        return (t != NULL && t == PyGILState_GetThisThreadState()) ? t : NULL;
+    }
+    #endif
+    """
+    PyThreadState *fp_attached_tstate() noexcept nogil
+
 cdef void *_release_gil_to_block() noexcept nogil:
-    if PyGILState_Check():
+    if fp_attached_tstate() != NULL:
         return <void *>PyEval_SaveThread()
     return NULL
 
@@ -84,7 +101,17 @@ cdef object LOGGER = logging.getLogger("concurrent.futures")
 # (KeyboardInterrupt) run: a C wait cannot be interrupted otherwise.
 cdef double WAIT_SLICE = 0.05
 # How long (ns) one idle worker polls the queue before parking (see fp_queue.h pop()).
-cdef long SPIN_NS = 50000
+# With the GIL, a worker that finds an item parks on the GIL until the submitter blocks
+# (in result(), say), so its spin only bridges the submitter's wake-up. Without it
+# (free-threaded), nothing parks a worker between tasks: in a submit(...).result() loop
+# each task arrives within 50 us, so the worker never parked and kept a core busy-waiting
+# for a submitter that was waiting for it. There a spin covers bursts only.
+cdef long SPIN_NS = 50000 if getattr(sys, "_is_gil_enabled", lambda: True)() else 5000
+
+
+def spin_ns():
+    """How long (ns) an idle worker polls for work before it parks."""
+    return SPIN_NS
 
 
 class QueueClosed(Exception):

@@ -114,3 +114,88 @@ def test_module_reexports():
     for const in ("ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"):
         assert getattr(fastpool, const) == getattr(cf, const)
     assert fastpool.BrokenThreadPool is cf.thread.BrokenThreadPool
+
+
+# --------------------------------------------------------------- 3.14's context hook
+# 3.14's ThreadPoolExecutor takes **ctxkwargs for the class's prepare_context, whose
+# worker contexts initialize each worker, run each task and finalize at worker exit:
+# InterpreterPoolExecutor is built on it.
+HAS_PREPARE_CONTEXT = hasattr(STD, "prepare_context")
+needs_314 = pytest.mark.skipif(not HAS_PREPARE_CONTEXT, reason="Python 3.14+: prepare_context")
+
+
+@needs_314
+@pytest.mark.parametrize("cls", [STD, TPE], ids=["stdlib", "fastpool"])
+def test_prepare_context_hook(cls):
+    import threading
+
+    log = []
+
+    class Context(cf.thread.WorkerContext):
+        @classmethod
+        def prepare(cls, initializer, initargs, *, tag):
+            def create():
+                return cls(initializer, initargs, tag)
+
+            def resolve(fn, args, kwargs):
+                return (fn, (tag, *args), kwargs)
+            return create, resolve
+
+        def __init__(self, initializer, initargs, tag):
+            super().__init__(initializer, initargs)
+            self.tag = tag
+
+        def initialize(self):
+            log.append(("init", threading.get_ident()))
+            super().initialize()
+
+        def run(self, task):
+            fn, args, kwargs = task
+            return (self.tag, fn(*args, **kwargs))
+
+        def finalize(self):
+            log.append(("fini", threading.get_ident()))
+
+    class Tagged(cls):
+        @classmethod
+        def prepare_context(cls, initializer, initargs, **ctxkwargs):
+            return Context.prepare(initializer, initargs, **ctxkwargs)
+
+    with Tagged(2, tag="t") as ex:
+        assert ex.submit(str.upper).result() == ("t", "T")
+        assert list(ex.map(str.__add__, ["x", "y"])) == [("t", "tx"), ("t", "ty")]
+    inits = [tid for what, tid in log if what == "init"]
+    assert inits and sorted(inits) == sorted(tid for what, tid in log if what == "fini")
+    with pytest.raises(TypeError):
+        cls(1, bogus=1)  # the default prepare_context takes no extra arguments
+    with pytest.raises(TypeError, match="initializer must be a callable"):
+        cls(1, initializer=3)
+
+
+@needs_314
+def test_interpreter_pool_executor_on_fastpool_base(monkeypatch):
+    """With fastpool's executor in the stdlib's place before concurrent.futures.interpreter
+    is imported (as the stdlib-tests harness does), InterpreterPoolExecutor subclasses
+    it: each task must run in its worker's own interpreter, initializer failures must
+    break the pool with the class's BROKEN."""
+    import importlib
+    import sys
+
+    from concurrent import interpreters
+
+    monkeypatch.setattr(cf.thread, "ThreadPoolExecutor", TPE)
+    # Imported for real (not a detached copy): its do_call is pickled by name.
+    monkeypatch.delitem(sys.modules, "concurrent.futures.interpreter", raising=False)
+    interpreter = importlib.import_module("concurrent.futures.interpreter")
+    monkeypatch.undo()
+    assert issubclass(interpreter.InterpreterPoolExecutor, TPE)
+    with interpreter.InterpreterPoolExecutor(2) as ex:
+        assert ex.submit(pow, 2, 5).result() == 32
+        assert list(ex.map(pow, [2, 3], [2, 2])) == [4, 9]
+        assert ex.submit(interpreters.get_current).result().id != interpreters.get_current().id
+        with pytest.raises(ValueError):
+            ex.submit(int, "x").result()
+    ex = interpreter.InterpreterPoolExecutor(1, initializer=int, initargs=("x",))
+    with pytest.raises(interpreter.BrokenInterpreterPool):
+        ex.submit(pow, 2, 2).result()
+    ex.shutdown()
