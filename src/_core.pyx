@@ -882,7 +882,7 @@ cdef class _MapState:
     @cython.wraparound(False)
     cdef void _run(self) except *:
         """A runner's loop: take a chunk, compute it, publish it; until nothing is left."""
-        cdef Py_ssize_t size = self.min_chunk, start, i, n
+        cdef Py_ssize_t size = self.min_chunk, take, start, i, n
         cdef list items, results
         cdef double t0, elapsed
         cdef PyObject *r
@@ -893,21 +893,25 @@ cdef class _MapState:
                 if self.cancelled.load() or n <= 0:
                     self.runners -= 1
                     return
-                if size > n:
-                    size = n
+                # At most a fair share of what is left (guided self-scheduling): the
+                # last inputs spread over every runner instead of one runner taking a
+                # grown chunk, where a fast item's result would wait for a slow one
+                # while other workers idle (the stdlib's test_map_timeout).
+                take = min(size, max(self.min_chunk,
+                                     (n + self.max_runners - 1) // self.max_runners), n)
                 start = self.taken
-                items = self.pending[self.head:self.head + size]
+                items = self.pending[self.head:self.head + take]
                 # Drop our references to the inputs; compact now and then.
-                self.head += size
-                self.taken += size
+                self.head += take
+                self.taken += take
                 if self.head >= 4096 and self.head * 2 >= len(self.pending):
                     del self.pending[:self.head]
                     self.head = 0
             # Every slot of this fresh list is filled below before anyone sees it.
-            results = PyList_New(size)
+            results = PyList_New(take)
             t0 = c_monotonic()
             fn = self.fn
-            for i in range(size):
+            for i in range(take):
                 if self.cancelled.load():
                     # Never started: reported as cancelled if anyone still looks.
                     failure = _Failure(CancelledError())

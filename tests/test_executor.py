@@ -197,6 +197,32 @@ def test_map_timeout_cancels_the_rest(executor_cls, gate):
     assert gate.started == [0]
 
 
+@pytest.mark.parametrize("primed", [False, True], ids=["fresh", "primed"])
+def test_map_fast_items_not_held_behind_a_slow_one(executor_cls, primed):
+    """The stdlib's test_map_timeout (3.10-3.13): map(sleep, [0, 0, 6], timeout=5) yields
+    both fast results, then times out. fastpool's map grows a runner's chunk while calls
+    are fast; the last inputs must still spread over the idle workers, or the second fast
+    item waits in one chunk behind the slow one (it did, with every worker started)."""
+    release = threading.Event()
+
+    def call(slow: bool) -> None:
+        if slow:
+            release.wait(30)
+
+    with executor_cls(5) as ex:
+        if primed:  # as the stdlib's ExecutorMixin.setUp on 3.10/3.11: all workers up
+            for f in [ex.submit(time.sleep, 0.05) for _ in range(5)]:
+                f.result()
+        results = []
+        try:
+            with pytest.raises(cf.TimeoutError):
+                for r in ex.map(call, [False, False, True], timeout=1.5):
+                    results.append(r)
+        finally:
+            release.set()
+    assert results == [None, None]
+
+
 @pytest.mark.parametrize("how", ["close", "drop"])
 def test_map_close_cancels_the_rest(executor_cls, gate, how):
     def f(i):

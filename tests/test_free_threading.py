@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import sysconfig
 
@@ -13,15 +12,15 @@ FREE_THREADED_BUILD = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
 @pytest.mark.skipif(not FREE_THREADED_BUILD, reason="needs a free-threaded build")
-def test_importing_fastpool_leaves_the_gil_off():
+def test_importing_fastpool_leaves_the_gil_off(run_py):
     # An extension module not declared free-threading-safe re-enables the GIL on import
-    # (with a RuntimeWarning): import everything fastpool has, without PYTHON_GIL forcing it.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHON_GIL"}
+    # (with a RuntimeWarning): import everything fastpool has. run_py runs `python -I`,
+    # which ignores PYTHON_GIL (so nothing forces the GIL off) and keeps a source checkout
+    # from shadowing the installed package.
     code = ("import sys, fastpool, fastpool.pool, fastpool.executor, fastpool.cli, fastpool.metrics;"
             "from fastpool import _compat; print(sys._is_gil_enabled(), _compat.NATIVE)")
-    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_py(code, flags=("-W", "error"), timeout=120)
+    assert proc.returncode == 0, str(proc)
     gil, native = proc.stdout.split()
     assert gil == "False"
     if os.environ.get("FASTPOOL_REQUIRE_NATIVE"):

@@ -87,22 +87,3 @@ def test_cancel_futures_wait_false_either_outcome(run):
                           text=True, timeout=60)
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
     assert proc.stdout.strip() in ("apple", "")
-
-
-def test_map_timeout_yields_in_order_then_raises():
-    """gh-110097's form of the stdlib's test_map_timeout: results come in input order and
-    the iterator raises TimeoutError once `timeout` (counted from the map call) passes;
-    how many came before depends on timing (and in fastpool on map's chunking)."""
-    import concurrent.futures as cf
-    import time
-
-    import fastpool
-
-    with fastpool.ThreadPoolExecutor(5) as ex:
-        results = []
-        t0 = time.monotonic()
-        with pytest.raises(cf.TimeoutError):
-            for r in ex.map(time.sleep, [0, 0, 3], timeout=1):
-                results.append(r)
-        assert 0.9 <= time.monotonic() - t0 < 1 + 2.5
-        assert results in ([None, None], [None], [])

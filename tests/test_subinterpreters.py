@@ -54,7 +54,7 @@ SCRIPT = textwrap.dedent("""
     """)
 
 
-def test_native_queue_after_a_subinterpreter_was_created():
+def test_native_queue_after_a_subinterpreter_was_created(run_py):
     """Creating a subinterpreter makes PyGILState_Check() answer 1 for every thread: the
     core used it to decide whether to release the GIL before blocking on a mutex, and so
     called PyEval_SaveThread without the GIL (a crash: segfault or fatal error)."""
@@ -65,6 +65,6 @@ def test_native_queue_after_a_subinterpreter_was_created():
     if not has_sub:
         pytest.skip("this Python has no subinterpreter module")
     for _ in range(3):
-        proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True,
-                              text=True, timeout=120)
-        assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+        # run_py: -I and the package under test (a source checkout must not shadow it)
+        proc = run_py(SCRIPT, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.strip() == "ok", str(proc)[-3000:]

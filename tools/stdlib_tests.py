@@ -61,13 +61,6 @@ INTENDED: dict[str, tuple[str, str, str, tuple[int, int]]] = {
     "test_concurrent_futures.ThreadPoolShutdownTest.test_cancel_futures_wait_false": (
         "gh-116682", "racy test: the task may be cancelled before it starts",
         "tests/test_stdlib_suite.py::test_cancel_futures_wait_false_either_outcome", (3, 12)),
-    # map(time.sleep, [0, 0, 6], timeout=5) must yield two results before timing out.
-    # fastpool's map hands inputs to workers in chunks that grow while calls are fast: the
-    # second 0 shares a chunk with the 6, and its result waits for the chunk. CPython's
-    # test accepts [None, None], [None] or [] since 3.12 (loaded machines).
-    "test_concurrent_futures.ThreadPoolExecutorTest.test_map_timeout": (
-        "gh-110097", "map chunking: a fast item's result can wait for its chunk's slow one",
-        "tests/test_stdlib_suite.py::test_map_timeout_yields_in_order_then_raises", (3, 12)),
 }
 
 
