@@ -39,6 +39,8 @@ from multiprocessing.reduction import ForkingPickler
 from pickle import loads as _loads
 from typing import Any, Callable, Iterable, Iterator
 
+from ._compat import core
+
 __all__ = ["BrokenProcessPool", "ProcessPoolExecutor"]
 
 # The stdlib's own wrappers: an exception crosses back with its formatted traceback
@@ -57,6 +59,9 @@ _BROKEN_POOL = ("A child process terminated abruptly, the process pool is not "
 _BROKEN_FUTURE = ("A process in the process pool was terminated abruptly while "
                   "the future was running or pending.")
 
+# fastpool's Future (a concurrent.futures.Future subclass): no Condition per future
+# unless someone blocks on it, which is most of the parent's cost per task here.
+_Future = core.Future
 _dumps = ForkingPickler.dumps  # the stdlib's pickler: Connections, sockets... cross too
 
 
@@ -571,7 +576,7 @@ class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if _global_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            f: _base.Future[Any] = _base.Future()
+            f: _base.Future[Any] = _Future()
             tid = next(s.ids)
             s.pending[tid] = f
             s.queue.append((tid, fn, args, kwargs))
