@@ -479,7 +479,10 @@ def _default_context(max_tasks_per_child: int | None) -> BaseContext:
         return mp.get_context()  # 3.14's default (forkserver on Linux), or the user's pick
     # Before 3.14 the platform default is fork on Linux: forking a parent that runs
     # threads (ours, the caller's) can deadlock the child. Take 3.14's choice instead.
-    if mp.get_start_method() == "fork" and "forkserver" in mp.get_all_start_methods():
+    # (get_all_start_methods()[0] is the default, without fixing it as
+    # get_start_method() would.)
+    methods = mp.get_all_start_methods()
+    if methods[0] == "fork" and "forkserver" in methods:
         return mp.get_context("forkserver")
     return mp.get_context()
 
@@ -618,7 +621,7 @@ class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
             items = list(args)
             if chunksize == 1:
                 chunksize, extra = divmod(len(items), self._max_workers * 4)
-                chunksize += bool(extra)
+                chunksize = max(1, chunksize + bool(extra))
             chunks = (items[i:i + chunksize] for i in range(0, len(items), chunksize))
             fs = deque(self.submit(_run_chunk, fn, c) for c in chunks)
             del items
@@ -707,7 +710,11 @@ def _results(fs: deque[_base.Future[Any]], end_time: float | None, more: Any) ->
                 executor, fn, chunks = more
                 for c in itertools.islice(chunks, 1):
                     fs.append(executor.submit(_run_chunk, fn, c))
-            yield from results
+            # Popped as yielded: the iterator keeps no reference to a result the
+            # caller has dropped (bpo-14406, tested by CPython).
+            results.reverse()
+            while results:
+                yield results.pop()
             if err is not None:
                 try:
                     raise err
