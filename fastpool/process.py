@@ -45,8 +45,8 @@ __all__ = ["BrokenProcessPool", "ProcessPoolExecutor"]
 
 # The stdlib's own wrappers: an exception crosses back with its formatted traceback
 # as __cause__ (a _RemoteTraceback), exactly as with the stdlib executor.
-_ExceptionWithTraceback = _stdlib._ExceptionWithTraceback
-_RemoteTraceback = _stdlib._RemoteTraceback
+_ExceptionWithTraceback: Callable[..., Any] = _stdlib._ExceptionWithTraceback
+_RemoteTraceback: Callable[[str], BaseException] = _stdlib._RemoteTraceback  # type: ignore[assignment]
 
 # Largest batch of tasks sent to a worker in one message; a worker that ran for this
 # long without answering sends what it has (so as_completed() sees results early).
@@ -251,7 +251,7 @@ class _State:
         n = min(_MAX_BATCH, max(1, len(q) // max(1, len(self.workers))))
         if w.quota is not None:
             n = min(n, w.quota)
-        batch = []
+        batch: list[Any] = []
         pending = self.pending
         while q and len(batch) < n:
             item = q.popleft()
@@ -325,7 +325,7 @@ class _State:
                 good.append(item)
         return _dumps(good) if good else None
 
-    def break_pool(self, cause: str | None) -> None:
+    def break_pool(self, cause: str | None, message: str = _BROKEN_FUTURE) -> None:
         with self.lock:
             self.broken = _BROKEN_POOL
             self.shutdown = True
@@ -334,10 +334,12 @@ class _State:
             self.queue.clear()
             self.idle.clear()
             workers = list(self.workers.values()) + self.retiring
-        bpe = BrokenProcessPool(_BROKEN_FUTURE)
-        if cause is not None:
-            bpe.__cause__ = _RemoteTraceback(f"\n'''\n{cause}'''")
+        remote = None if cause is None else _RemoteTraceback(f"\n'''\n{cause}'''")
         for f in pending:
+            # One exception per future: a shared one would pile up a traceback
+            # frame per result() call (CPython's test_broken_process_pool_traceback).
+            bpe = BrokenProcessPool(message)
+            bpe.__cause__ = remote
             _set_exception(f, bpe)
         for w in workers:
             w.process.terminate()
@@ -378,13 +380,13 @@ def _reader(s: _State, executor_ref: Any) -> None:
         # Pipes first: a worker's last results are read before its exit is seen.
         sentinels = []
         for obj in ready:
-            w = by_obj.get(obj)
-            if w is None:
+            owner = by_obj.get(obj)
+            if owner is None:
                 s.wakeup.clear()
-            elif obj is w.conn:
-                _read(s, w)
+            elif obj is owner.conn:
+                _read(s, owner)
             else:
-                sentinels.append(w)
+                sentinels.append(owner)
         for w in sentinels:
             while not w.eof and w.conn.poll():
                 _read(s, w)
@@ -453,14 +455,45 @@ def _read(s: _State, w: _Worker) -> None:
             s.processes.pop(w.process.pid, None)
             s.retiring.append(w)
             s.version += 1
-            sends = s.dispatch_locked() if not s.broken else []
+            sends, failure = _replace_locked(s)
         else:
+            failure = None
             batch = s.take_locked(w) if not s.broken else []
             sends = [(w, batch)] if batch else []
             if not batch:
                 s.idle.append(w)
+    if failure is not None:
+        s.break_pool(*failure)
     for w2, batch in sends:
         s.send(w2, batch)
+
+
+def _replace_locked(s: _State) -> tuple[list[tuple[_Worker, list[Any]]], tuple[str | None, str] | None]:
+    """A worker left at max_tasks_per_child: start its successor if there is work.
+
+    Returns the batches to send, and (cause, message) if the queued work can never
+    run (the stdlib's texts, 3.14).
+    """
+    if s.broken:
+        return [], None
+    cause = message = None
+    sends: list[tuple[_Worker, list[Any]]] = []
+    if s.force:
+        # terminate_workers()/kill_workers(): a successor would escape the kill.
+        message = ("A worker process exited while the pool was being "
+                   "forcefully shut down; work that was still enqueued "
+                   "will not be run.")
+    else:
+        try:
+            sends = s.dispatch_locked()
+        except Exception:
+            cause = traceback.format_exc()
+            message = ("A replacement worker process could not be "
+                       "started, leaving the pool without workers "
+                       "to run the remaining work.")
+    if message is not None and not s.workers and (s.queue or cause is not None):
+        return sends, (cause, message)
+    return sends, None
 
 
 class _CallQueueShim:
@@ -473,7 +506,7 @@ class _CallQueueShim:
 
 
 def _default_context(max_tasks_per_child: int | None) -> BaseContext:
-    if max_tasks_per_child is not None and sys.version_info < (3, 14):
+    if max_tasks_per_child is not None:
         return mp.get_context("spawn")  # as the stdlib
     if sys.version_info >= (3, 14) or mp.get_start_method(allow_none=True) is not None:
         return mp.get_context()  # 3.14's default (forkserver on Linux), or the user's pick
@@ -529,7 +562,7 @@ class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
         self._mp_context = mp_context
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        self._initializer = initializer
+        self._initializer = initializer  # type: ignore[assignment]
         self._initargs = initargs
         if max_tasks_per_child is not None:
             if not isinstance(max_tasks_per_child, int):
@@ -544,7 +577,7 @@ class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
         self._state = _State(mp_context, self._max_workers, initializer, initargs,
                              max_tasks_per_child)
         self._processes = self._state.processes
-        self._executor_manager_thread: threading.Thread | None = None
+        self._executor_manager_thread: threading.Thread | None = None  # type: ignore[assignment]
         self._call_queue = _CallQueueShim()
 
     # The stdlib's attribute names, read by CPython's tests and by some callers.
@@ -555,6 +588,18 @@ class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
     @property
     def _shutdown_thread(self) -> bool:  # type: ignore[override]
         return self._state.shutdown
+
+    @property
+    def _shutdown_lock(self) -> Any:  # type: ignore[override]
+        return self._state.lock
+
+    @property
+    def _force_shutting_down(self) -> bool:
+        return self._state.force
+
+    @_force_shutting_down.setter
+    def _force_shutting_down(self, value: bool) -> None:
+        self._state.force = value
 
     def _start_reader_locked(self) -> None:
         if self._executor_manager_thread is None:

@@ -125,8 +125,7 @@ def test_default_start_method_never_forks(run_py):
     if sys.platform == "linux":
         assert first == "forkserver"
     assert first != "fork"
-    if sys.version_info < (3, 14):
-        assert with_max_tasks == "spawn"  # as the stdlib
+    assert with_max_tasks == "spawn"  # as the stdlib
     assert chosen == "spawn"
 
 
