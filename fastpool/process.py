@@ -48,9 +48,13 @@ __all__ = ["BrokenProcessPool", "ProcessPoolExecutor"]
 _ExceptionWithTraceback: Callable[..., Any] = _stdlib._ExceptionWithTraceback
 _RemoteTraceback: Callable[[str], BaseException] = _stdlib._RemoteTraceback  # type: ignore[assignment]
 
-# Largest batch of tasks sent to a worker in one message; a worker that ran for this
-# long without answering sends what it has (so as_completed() sees results early).
-_MAX_BATCH = 512
+# Most calls sent to a worker in one message (a map chunk counts its items), and most
+# items in one map chunk: large batches amortise the round trip, but a worker waits
+# for the parent between two batches, so finer ones keep both sides busy (measured:
+# 1024/256 ran a no-op map in about half the time of unbounded chunks and batches).
+_MAX_BATCH = 1024
+_MAX_CHUNK = 256
+# A worker that ran this long without answering sends what it has (as_completed()).
 _FLUSH_AFTER = 0.005
 _SHUTDOWN = b""  # sent to an idle worker: exit
 
@@ -253,11 +257,13 @@ class _State:
             n = min(n, w.quota)
         batch: list[Any] = []
         pending = self.pending
-        while q and len(batch) < n:
+        weight = 0  # items: a map chunk counts its inputs
+        while q and len(batch) < n and weight < _MAX_BATCH:
             item = q.popleft()
             f = pending[item[0]]
             if f.set_running_or_notify_cancel():
                 batch.append(item)
+                weight += len(item[2][1]) if item[1] is _run_chunk else 1
             else:
                 del pending[item[0]]
         if batch:
@@ -646,8 +652,8 @@ class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
         """Returns an iterator equivalent to map(fn, iter).
 
         As the stdlib's, with one change: with the default `chunksize=1` the
-        inputs are sent in chunks sized as `multiprocessing.Pool.map` does
-        (about 4 per worker), without changing what the iterator yields or
+        inputs are sent in chunks (about 4 per worker, at most 256 items),
+        without changing what the iterator yields or
         raises (results in order; the first failing call's exception, raised
         when the iterator reaches it). `buffersize` (the Python 3.14 argument,
         offered on every version) makes the input lazy: at most `buffersize`
@@ -666,7 +672,7 @@ class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
             items = list(args)
             if chunksize == 1:
                 chunksize, extra = divmod(len(items), self._max_workers * 4)
-                chunksize = max(1, chunksize + bool(extra))
+                chunksize = min(_MAX_CHUNK, max(1, chunksize + bool(extra)))
             chunks = (items[i:i + chunksize] for i in range(0, len(items), chunksize))
             fs = deque(self.submit(_run_chunk, fn, c) for c in chunks)
             del items
