@@ -110,8 +110,6 @@ def test_process(benchmark: Any, request: pytest.FixtureRequest, case: str,
     rounds = min(request.config.getoption("bench_rounds"), 5)
     base, _ = CASES[case]
     n = max(100, int(base * scale))
-    if case == "process-submit" and process_impl == "stdlib":
-        n = max(100, n // 10)  # ~120 us a task: a tenth is enough for its rate
     times: list[float] = []
     with _pool(process_impl) as pool:
         run = _round(case, process_impl, pool, n)
@@ -130,8 +128,6 @@ def main(scale: float = 0.2, repeat: int = 3) -> None:
         for case, (base, impls) in CASES.items():
             for impl in impls:
                 n = max(100, int(base * scale))
-                if case == "process-submit" and impl == "stdlib":
-                    n = max(100, n // 10)
                 with _pool(impl) as pool:
                     run = _round(case, impl, pool, n)
                     samples.setdefault((case, impl), []).append(run() / n * 1e6)
