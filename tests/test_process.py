@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
@@ -142,6 +143,15 @@ def test_submit_and_map(shared):
     assert list(shared.map(abs, [])) == []
     with pytest.raises(ValueError, match="chunksize must be >= 1"):
         shared.map(abs, [1], chunksize=0)
+
+
+def test_map_keeps_no_reference_to_yielded_results(shared):
+    # bpo-14406 (CPython's test_free_reference): sets support weak references.
+    for obj in shared.map(set, [[i] for i in range(10)]):
+        ref = weakref.ref(obj)
+        del obj
+        gc.collect()
+        assert ref() is None
 
 
 def test_exception_carries_remote_traceback(shared):
@@ -268,6 +278,8 @@ def test_worker_death_breaks_the_pool(process_cls, how):
         if process_cls is ProcessPoolExecutor:
             with pytest.raises(BrokenProcessPool):
                 slow[0].result(timeout=30)
+            # One exception each: a shared one would collect every result() frame.
+            assert slow[0].exception() is not crash.exception()
         assert time.monotonic() - start < 10  # seen at once, not after the sleeps
         with pytest.raises(BrokenProcessPool):
             ex.submit(abs, 1)
