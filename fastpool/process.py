@@ -303,8 +303,10 @@ class _State:
             if data is not None:
                 try:
                     w.conn.send_bytes(data)
-                except (OSError, ValueError):
-                    pass  # w died: its sentinel tells the reader, which fails the batch
+                except (OSError, ValueError, TypeError):
+                    # w died (its sentinel tells the reader, which fails the batch), or
+                    # the pool broke meanwhile and its reader closed the pipe under us.
+                    pass
                 return
             # Nothing in the batch pickled: w stays idle, and may take more.
             with self.lock:
