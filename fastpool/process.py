@@ -516,16 +516,16 @@ class _CallQueueShim:
 def _default_context(max_tasks_per_child: int | None) -> BaseContext:
     if max_tasks_per_child is not None:
         return mp.get_context("spawn")  # as the stdlib
-    if sys.version_info >= (3, 14) or mp.get_start_method(allow_none=True) is not None:
-        return mp.get_context()  # 3.14's default (forkserver on Linux), or the user's pick
-    # Before 3.14 the platform default is fork on Linux: forking a parent that runs
-    # threads (ours, the caller's) can deadlock the child. Take 3.14's choice instead.
-    # (get_all_start_methods()[0] is the default, without fixing it as
-    # get_start_method() would.)
-    methods = mp.get_all_start_methods()
-    if methods[0] == "fork" and "forkserver" in methods:
-        return mp.get_context("forkserver")
-    return mp.get_context()
+    if mp.get_start_method(allow_none=True) is not None:
+        return mp.get_context()  # the program chose a start method: respected
+    # The platform's default, read without fixing it (the stdlib's mp.get_context()
+    # does, and a later set_start_method() then fails): get_all_start_methods()[0].
+    # Before 3.14 that is fork on Linux, and forking a parent that runs threads (ours,
+    # the caller's) can deadlock the child: take 3.14's choice, forkserver, instead.
+    method = mp.get_all_start_methods()[0]
+    if method == "fork" and "forkserver" in mp.get_all_start_methods():
+        method = "forkserver"
+    return mp.get_context(method)
 
 
 class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
