@@ -12,6 +12,7 @@ from concurrent.futures import (
     as_completed,
     wait,
 )
+from typing import TYPE_CHECKING
 
 from ._compat import NATIVE, core
 from .executor import BrokenThreadPool, ThreadPoolExecutor
@@ -23,6 +24,18 @@ from .retry import Retry
 from .stats import Stats
 
 Future = core.Future
+
+if TYPE_CHECKING:
+    from .process import ProcessPoolExecutor
+
+
+def __getattr__(name: str) -> object:
+    # ProcessPoolExecutor imports multiprocessing (~30 ms): only for those who use it.
+    if name == "ProcessPoolExecutor":
+        from .process import ProcessPoolExecutor
+        return ProcessPoolExecutor
+    raise AttributeError(f"module 'fastpool' has no attribute {name!r}")
+
 
 # The one place the version is written: pyproject.toml reads it from here (statically).
 __version__ = "0.1.0"
@@ -39,6 +52,7 @@ __all__ = [
     "DeadlineExceeded",
     "Future",
     "Pool",
+    "ProcessPoolExecutor",
     "QueueFull",
     "Retry",
     "ShutdownReport",

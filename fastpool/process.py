@@ -1,0 +1,778 @@
+"""fastpool.ProcessPoolExecutor: a drop-in for concurrent.futures.ProcessPoolExecutor.
+
+The stdlib moves every task through a feeder thread, a call queue, the worker, a
+result queue and a management thread: each task is pickled on its own and hops
+threads several times (~120 us per submit + result here). This executor keeps the
+stdlib's API, defaults, errors and futures, and changes only the transport:
+
+- one duplex pipe per worker; the parent sends a worker a *batch* of tasks (pickled
+  together, so the function is pickled once per batch) only when that worker is idle,
+  and the worker answers with its results batched the same way;
+- no feeder thread: the submitting thread sends to an idle worker itself, and one
+  reader thread waits (`multiprocessing.connection.wait`) on every worker's pipe and
+  process sentinel at once, sets the futures, and hands the idle worker the next batch
+  from the queue; a worker that dies is seen at once through its sentinel.
+
+A worker gets at most one batch at a time, so neither side ever blocks writing to
+the other while that one is writing too (no duplex-pipe deadlock), and tasks queue
+up in the parent while all workers are busy, which sizes the batches by themselves.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from concurrent.futures import _base
+from concurrent.futures import process as _stdlib
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as _wait
+from multiprocessing.context import BaseContext
+from multiprocessing.reduction import ForkingPickler
+from pickle import loads as _loads
+from typing import Any, Callable, Iterable, Iterator
+
+from ._compat import core
+
+__all__ = ["BrokenProcessPool", "ProcessPoolExecutor"]
+
+# The stdlib's own wrappers: an exception crosses back with its formatted traceback
+# as __cause__ (a _RemoteTraceback), exactly as with the stdlib executor.
+_ExceptionWithTraceback: Callable[..., Any] = _stdlib._ExceptionWithTraceback
+_RemoteTraceback: Callable[[str], BaseException] = _stdlib._RemoteTraceback  # type: ignore[assignment]
+
+# Most calls sent to a worker in one message (a map chunk counts its items), and most
+# items in one map chunk: large batches amortise the round trip, but a worker waits
+# for the parent between two batches, so finer ones keep both sides busy (measured:
+# 1024/256 ran a no-op map in about half the time of unbounded chunks and batches).
+_MAX_BATCH = 1024
+_MAX_CHUNK = 256
+# A worker that ran this long without answering sends what it has (as_completed()).
+_FLUSH_AFTER = 0.005
+_SHUTDOWN = b""  # sent to an idle worker: exit
+
+_BROKEN_POOL = ("A child process terminated abruptly, the process pool is not "
+                "usable anymore")
+_BROKEN_FUTURE = ("A process in the process pool was terminated abruptly while "
+                  "the future was running or pending.")
+
+# fastpool's Future (a concurrent.futures.Future subclass): no Condition per future
+# unless someone blocks on it, which is most of the parent's cost per task here.
+_Future = core.Future
+_dumps = ForkingPickler.dumps  # the stdlib's pickler: Connections, sockets... cross too
+
+
+# --------------------------------------------------------------------------- worker
+
+def _send_results(send: Callable[[Any], None], done: bool, exiting: bool,
+                  results: list[Any]) -> None:
+    try:
+        data = _dumps((done, exiting, results))
+    except BaseException:
+        # One result does not pickle: it fails its own future, as in the stdlib
+        # (which catches BaseException there too), the rest go through.
+        fixed = []
+        for tid, ok, value in results:
+            try:
+                _dumps(value)
+            except BaseException as e:
+                ok, value = False, _ExceptionWithTraceback(e, e.__traceback__)
+            fixed.append((tid, ok, value))
+        data = _dumps((done, exiting, fixed))
+    send(data)
+
+
+def _worker(conn: Connection, initializer: Callable[..., object] | None,
+            initargs: tuple[Any, ...], max_tasks: int | None) -> None:
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException:
+            _base.LOGGER.critical("Exception in initializer:", exc_info=True)
+            # The parent sees this worker die and breaks the pool, as the stdlib.
+            return
+    recv, send, clock = conn.recv_bytes, conn.send_bytes, time.monotonic
+    ran = 0
+    while True:
+        try:
+            data = recv()
+        except (EOFError, OSError):
+            return
+        if data == _SHUTDOWN:
+            return
+        # A task that fails to unpickle kills the worker (and breaks the pool), as in
+        # the stdlib: it cannot be told which future it belonged to.
+        batch = _loads(data)
+        del data
+        out: list[Any] = []
+        flush_at = clock() + _FLUSH_AFTER
+        ran += len(batch)
+        for tid, fn, args, kwargs in batch:
+            try:
+                out.append((tid, True, fn(*args, **kwargs)))
+            except BaseException as e:
+                out.append((tid, False, _ExceptionWithTraceback(e, e.__traceback__)))
+            if clock() > flush_at:
+                _send_results(send, False, False, out)
+                out = []
+                flush_at = clock() + _FLUSH_AFTER
+        # Drop the references before waiting for the next batch (as the stdlib does).
+        batch = fn = args = kwargs = None
+        exiting = max_tasks is not None and ran >= max_tasks
+        _send_results(send, True, exiting, out)
+        del out
+        if exiting:
+            return
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> tuple[list[Any], Any]:
+    """Run fn over a map chunk: the results up to the first error, and that error."""
+    results = []
+    for args in chunk:
+        try:
+            results.append(fn(*args))
+        except BaseException as e:
+            return results, _ExceptionWithTraceback(e, e.__traceback__)
+    return results, None
+
+
+# --------------------------------------------------------------------------- parent
+
+class _Worker:
+    __slots__ = ("process", "conn", "busy", "quota", "eof")
+
+    def __init__(self, process: Any, conn: Connection, quota: int | None) -> None:
+        self.process = process
+        self.conn = conn
+        self.busy = False  # holds a batch: nothing else is sent until it answers
+        self.quota = quota  # tasks it may still be sent (max_tasks_per_child)
+        self.eof = False
+
+
+class _Wakeup:
+    """Wakes the reader thread (a new worker to watch, a shutdown)."""
+
+    def __init__(self) -> None:
+        self.reader, self.writer = mp.Pipe(duplex=False)
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def wakeup(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self.writer.send_bytes(b"")
+
+    def clear(self) -> None:
+        while self.reader.poll():
+            self.reader.recv_bytes()
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                self.writer.close()
+                self.reader.close()
+
+
+_global_shutdown = False
+_readers: weakref.WeakKeyDictionary[threading.Thread, _Wakeup] = weakref.WeakKeyDictionary()
+
+
+def _python_exit() -> None:
+    # As the stdlib: at interpreter exit the queued work still runs, then the readers
+    # stop their workers; joined before the non-daemon threads are.
+    global _global_shutdown
+    _global_shutdown = True
+    items = list(_readers.items())
+    for _, wakeup in items:
+        wakeup.wakeup()
+    for t, _ in items:
+        t.join()
+
+
+threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+
+
+def _set_exception(f: _base.Future[Any], exc: BaseException) -> None:
+    try:
+        f.set_exception(exc)
+    except _base.InvalidStateError:  # cancelled while queued
+        pass
+
+
+class _State:
+    """What the executor and its reader thread share (the reader never holds the executor)."""
+
+    def __init__(self, ctx: BaseContext, max_workers: int,
+                 initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
+                 max_tasks: int | None) -> None:
+        self.ctx = ctx
+        self.max_workers = max_workers
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks = max_tasks
+        self.dynamic = ctx.get_start_method(allow_none=False) != "fork"
+        self.lock = threading.Lock()
+        self.ids = itertools.count()
+        self.pending: dict[int, _base.Future[Any]] = {}
+        self.queue: deque[tuple[int, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = deque()
+        self.workers: dict[int, _Worker] = {}  # pid -> worker (alive, not retiring)
+        self.processes: dict[int, Any] = {}  # pid -> Process: the stdlib's `_processes`
+        self.retiring: list[_Worker] = []  # exited at max_tasks_per_child, to join
+        self.idle: list[_Worker] = []
+        self.version = 0  # bumped when the set of pipes to watch changes
+        self.shutdown = False
+        self.cancel_futures = False
+        self.force = False
+        self.broken: str | bool = False
+        self.wakeup = _Wakeup()
+
+    # All methods named *_locked run with self.lock held.
+
+    def spawn_locked(self) -> _Worker:
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        p = self.ctx.Process(  # type: ignore[attr-defined]
+            target=_worker,
+            args=(child_conn, self.initializer, self.initargs, self.max_tasks))
+        p.start()
+        child_conn.close()
+        w = _Worker(p, parent_conn, self.max_tasks)
+        self.workers[p.pid] = w
+        self.processes[p.pid] = p
+        self.version += 1
+        return w
+
+    def take_locked(self, w: _Worker) -> list[Any]:
+        """Move the next batch of the queue to worker w (marks it busy if any)."""
+        q = self.queue
+        n = min(_MAX_BATCH, max(1, len(q) // max(1, len(self.workers))))
+        if w.quota is not None:
+            n = min(n, w.quota)
+        batch: list[Any] = []
+        pending = self.pending
+        weight = 0  # items: a map chunk counts its inputs
+        while q and len(batch) < n and weight < _MAX_BATCH:
+            item = q.popleft()
+            f = pending[item[0]]
+            if f.set_running_or_notify_cancel():
+                batch.append(item)
+                weight += len(item[2][1]) if item[1] is _run_chunk else 1
+            else:
+                del pending[item[0]]
+        if batch:
+            w.busy = True
+            if w.quota is not None:
+                w.quota -= len(batch)
+        return batch
+
+    def dispatch_locked(self) -> list[tuple[_Worker, list[Any]]]:
+        """Give queued work to idle workers, starting workers if none is idle."""
+        sends = []
+        while self.queue and self.idle:
+            w = self.idle.pop()
+            batch = self.take_locked(w)
+            if batch:
+                sends.append((w, batch))
+            else:
+                self.idle.append(w)
+        if self.queue and self.dynamic and not self.force and not self.broken:
+            while self.queue and len(self.workers) < self.max_workers:
+                w = self.spawn_locked()
+                batch = self.take_locked(w)
+                if batch:
+                    sends.append((w, batch))
+                else:
+                    self.idle.append(w)
+                self.wakeup.wakeup()
+        return sends
+
+    def send(self, w: _Worker, batch: list[Any]) -> None:
+        """Pickle and send a batch to w (busy, so only this thread writes to it)."""
+        while True:
+            try:
+                data = _dumps(batch)
+            except Exception:
+                data = self._salvage(batch)
+            if data is not None:
+                try:
+                    w.conn.send_bytes(data)
+                except (OSError, ValueError, TypeError):
+                    # w died (its sentinel tells the reader, which fails the batch), or
+                    # the pool broke meanwhile and its reader closed the pipe under us.
+                    pass
+                return
+            # Nothing in the batch pickled: w stays idle, and may take more.
+            with self.lock:
+                w.busy = False
+                batch = self.take_locked(w)
+                if not batch:
+                    self.idle.append(w)
+                    return
+
+    def _salvage(self, batch: list[Any]) -> Any:
+        # As the stdlib: a task that does not pickle fails its own future with the
+        # pickling error (its traceback as __cause__); the rest of the batch is sent.
+        good = []
+        for item in batch:
+            try:
+                _dumps(item)
+            except Exception as e:
+                tb = traceback.format_exception(type(e), e, e.__traceback__)
+                e.__cause__ = _RemoteTraceback('\n"""\n{}"""'.format("".join(tb)))
+                f = self.pending.pop(item[0], None)
+                if f is not None:
+                    _set_exception(f, e)
+            else:
+                good.append(item)
+        return _dumps(good) if good else None
+
+    def break_pool(self, cause: str | None, message: str = _BROKEN_FUTURE) -> None:
+        with self.lock:
+            self.broken = _BROKEN_POOL
+            self.shutdown = True
+            pending = list(self.pending.values())
+            self.pending.clear()
+            self.queue.clear()
+            self.idle.clear()
+            workers = list(self.workers.values()) + self.retiring
+        remote = None if cause is None else _RemoteTraceback(f"\n'''\n{cause}'''")
+        for f in pending:
+            # One exception per future: a shared one would pile up a traceback
+            # frame per result() call (CPython's test_broken_process_pool_traceback).
+            bpe = BrokenProcessPool(message)
+            bpe.__cause__ = remote
+            _set_exception(f, bpe)
+        for w in workers:
+            w.process.terminate()
+
+    def finished_locked(self) -> bool:
+        if not (self.shutdown or _global_shutdown):
+            return False
+        if self.cancel_futures:
+            self.cancel_queued_locked()
+        return not self.queue and not any(w.busy for w in self.workers.values())
+
+    def cancel_queued_locked(self) -> None:
+        while self.queue:
+            tid = self.queue.popleft()[0]
+            f = self.pending.pop(tid, None)
+            if f is not None:
+                f.cancel()
+
+
+def _reader(s: _State, executor_ref: Any) -> None:
+    """The parent's only background thread: results, worker exits, next batches."""
+    version = -1
+    objs: list[Any] = []
+    by_obj: dict[Any, _Worker] = {}
+    while True:
+        with s.lock:
+            if s.finished_locked() or s.broken:
+                break
+            if version != s.version:
+                version = s.version
+                by_obj = {}
+                for w in itertools.chain(s.workers.values(), s.retiring):
+                    by_obj[w.process.sentinel] = w
+                    if not w.eof:
+                        by_obj[w.conn] = w
+                objs = [s.wakeup.reader, *by_obj]
+        ready = _wait(objs)
+        # Pipes first: a worker's last results are read before its exit is seen.
+        sentinels = []
+        for obj in ready:
+            owner = by_obj.get(obj)
+            if owner is None:
+                s.wakeup.clear()
+            elif obj is owner.conn:
+                _read(s, owner)
+            else:
+                sentinels.append(owner)
+        for w in sentinels:
+            while not w.eof and w.conn.poll():
+                _read(s, w)
+            with s.lock:
+                s.version += 1
+                if w in s.retiring:
+                    s.retiring.remove(w)
+                    w.process.join()
+                    w.conn.close()
+                    continue
+            # Workers only exit on their own at max_tasks_per_child: any other exit
+            # is a crash (or terminate_workers()), which breaks the pool as in the stdlib.
+            if not s.broken:
+                s.break_pool(f"The process {w.process.pid} exited with code "
+                             f"{w.process.exitcode}\n")
+        if s.broken:
+            break
+    # Stop the workers: idle ones read the shutdown message; broken pools were
+    # terminated already.
+    with s.lock:
+        workers = list(s.workers.values()) + s.retiring
+        s.workers.clear()
+        s.idle.clear()
+    for w in workers:
+        try:
+            w.conn.send_bytes(_SHUTDOWN)
+        except (OSError, ValueError):
+            pass
+    for w in workers:
+        w.process.join()
+        w.conn.close()
+    s.wakeup.close()
+
+
+def _read(s: _State, w: _Worker) -> None:
+    try:
+        data = w.conn.recv_bytes()
+    except (EOFError, OSError):
+        w.eof = True  # the process is ending; its sentinel says how
+        with s.lock:
+            s.version += 1
+        return
+    try:
+        done, exiting, results = _loads(data)
+    except BaseException:
+        # As the stdlib: a result that fails to unpickle breaks the pool.
+        s.break_pool(traceback.format_exc())
+        return
+    pending = s.pending
+    for tid, ok, value in results:
+        f = pending.pop(tid, None)
+        if f is not None:
+            if ok:
+                f.set_result(value)
+            else:
+                _set_exception(f, value)
+    results = value = f = None
+    if not done:
+        return
+    with s.lock:
+        w.busy = False
+        if exiting:
+            # It reached max_tasks_per_child and exits: stop counting it now (the
+            # stdlib's _processes drops it at once), join it when its sentinel fires.
+            s.workers.pop(w.process.pid, None)
+            s.processes.pop(w.process.pid, None)
+            s.retiring.append(w)
+            s.version += 1
+            sends, failure = _replace_locked(s)
+        else:
+            failure = None
+            batch = s.take_locked(w) if not s.broken else []
+            sends = [(w, batch)] if batch else []
+            if not batch:
+                s.idle.append(w)
+    if failure is not None:
+        s.break_pool(*failure)
+    for w2, batch in sends:
+        s.send(w2, batch)
+
+
+def _replace_locked(s: _State) -> tuple[list[tuple[_Worker, list[Any]]], tuple[str | None, str] | None]:
+    """A worker left at max_tasks_per_child: start its successor if there is work.
+
+    Returns the batches to send, and (cause, message) if the queued work can never
+    run (the stdlib's texts, 3.14).
+    """
+    if s.broken:
+        return [], None
+    cause = message = None
+    sends: list[tuple[_Worker, list[Any]]] = []
+    if s.force:
+        # terminate_workers()/kill_workers(): a successor would escape the kill.
+        message = ("A worker process exited while the pool was being "
+                   "forcefully shut down; work that was still enqueued "
+                   "will not be run.")
+    else:
+        try:
+            sends = s.dispatch_locked()
+        except Exception:
+            cause = traceback.format_exc()
+            message = ("A replacement worker process could not be "
+                       "started, leaving the pool without workers "
+                       "to run the remaining work.")
+    if message is not None and not s.workers and (s.queue or cause is not None):
+        return sends, (cause, message)
+    return sends, None
+
+
+class _CallQueueShim:
+    # CPython's tests join `executor._call_queue`'s feeder thread; there is none here.
+    def join_thread(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _default_context(max_tasks_per_child: int | None) -> BaseContext:
+    if max_tasks_per_child is not None:
+        return mp.get_context("spawn")  # as the stdlib
+    if mp.get_start_method(allow_none=True) is not None:
+        return mp.get_context()  # the program chose a start method: respected
+    # The platform's default, read without fixing it (the stdlib's mp.get_context()
+    # does, and a later set_start_method() then fails): get_all_start_methods()[0].
+    # Before 3.14 that is fork on Linux, and forking a parent that runs threads (ours,
+    # the caller's) can deadlock the child: take 3.14's choice, forkserver, instead.
+    method = mp.get_all_start_methods()[0]
+    if method == "fork" and "forkserver" in mp.get_all_start_methods():
+        method = "forkserver"
+    return mp.get_context(method)
+
+
+class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
+    def __init__(self, max_workers: int | None = None, mp_context: BaseContext | None = None,
+                 initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = (),
+                 *, max_tasks_per_child: int | None = None) -> None:
+        """Initializes a new ProcessPoolExecutor instance.
+
+        Args:
+            max_workers: The maximum number of processes that can be used to
+                execute the given calls.  If None or not given then as many
+                worker processes will be created as the machine has
+                processors.
+            mp_context: A multiprocessing context to launch the workers
+                created using the multiprocessing.get_context('start method')
+                API.  If None: the stdlib's default, except that where that is
+                'fork' (Linux before Python 3.14) 'forkserver' is used, as
+                Python 3.14 does.
+            initializer: A callable used to initialize worker processes.
+            initargs: A tuple of arguments to pass to the initializer.
+            max_tasks_per_child: The maximum number of tasks a worker
+                process can complete before it will exit and be replaced
+                with a fresh worker process.  The default of None means
+                worker process will live as long as the executor.  Requires
+                a non-'fork' mp_context start method.  When given, we
+                default to using 'spawn' if no mp_context is supplied.
+        """
+        _stdlib._check_system_limits()
+        if max_workers is None:
+            cpus = getattr(os, "process_cpu_count", os.cpu_count)
+            self._max_workers = cpus() or 1
+            if sys.platform == "win32":
+                self._max_workers = min(_stdlib._MAX_WINDOWS_WORKERS, self._max_workers)
+        else:
+            if max_workers <= 0:
+                raise ValueError("max_workers must be greater than 0")
+            elif sys.platform == "win32" and max_workers > _stdlib._MAX_WINDOWS_WORKERS:
+                raise ValueError(f"max_workers must be <= {_stdlib._MAX_WINDOWS_WORKERS}")
+            self._max_workers = max_workers
+        if mp_context is None:
+            mp_context = _default_context(max_tasks_per_child)
+        self._mp_context = mp_context
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._initializer = initializer  # type: ignore[assignment]
+        self._initargs = initargs
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            elif max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+            if mp_context.get_start_method(allow_none=False) == "fork":
+                raise ValueError("max_tasks_per_child is incompatible with"
+                                 " the 'fork' multiprocessing start method;"
+                                 " supply a different mp_context.")
+        self._max_tasks_per_child = max_tasks_per_child
+        self._state = _State(mp_context, self._max_workers, initializer, initargs,
+                             max_tasks_per_child)
+        self._processes = self._state.processes
+        self._executor_manager_thread: threading.Thread | None = None  # type: ignore[assignment]
+        self._call_queue = _CallQueueShim()
+
+    # The stdlib's attribute names, read by CPython's tests and by some callers.
+    @property
+    def _broken(self) -> str | bool:  # type: ignore[override]
+        return self._state.broken
+
+    @property
+    def _shutdown_thread(self) -> bool:  # type: ignore[override]
+        return self._state.shutdown
+
+    @property
+    def _shutdown_lock(self) -> Any:  # type: ignore[override]
+        return self._state.lock
+
+    @property
+    def _force_shutting_down(self) -> bool:
+        return self._state.force
+
+    @_force_shutting_down.setter
+    def _force_shutting_down(self, value: bool) -> None:
+        self._state.force = value
+
+    def _start_reader_locked(self) -> None:
+        if self._executor_manager_thread is None:
+            s = self._state
+            if not s.dynamic:
+                # fork: every worker is forked now, before our thread exists.
+                while len(s.workers) < s.max_workers:
+                    s.idle.append(s.spawn_locked())
+            ref = weakref.ref(self, lambda _, s=s: _on_collect(s))  # type: ignore[misc]
+            t = threading.Thread(target=_reader, args=(s, ref),
+                                 name=f"fastpool-process-reader-{id(self):x}")
+            t.start()
+            self._executor_manager_thread = t
+            _readers[t] = s.wakeup
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> _base.Future[Any]:
+        s = self._state
+        with s.lock:
+            if s.broken:
+                raise BrokenProcessPool(s.broken)
+            if s.shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _global_shutdown:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            f: _base.Future[Any] = _Future()
+            tid = next(s.ids)
+            s.pending[tid] = f
+            s.queue.append((tid, fn, args, kwargs))
+            if self._executor_manager_thread is None:
+                self._start_reader_locked()
+            if s.idle:
+                w = s.idle.pop()
+                batch = s.take_locked(w)
+                sends = [(w, batch)]
+            else:
+                sends = s.dispatch_locked()
+        for w, batch in sends:
+            s.send(w, batch)
+        return f
+    submit.__doc__ = _base.Executor.submit.__doc__
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:
+        """Returns an iterator equivalent to map(fn, iter).
+
+        As the stdlib's, with one change: with the default `chunksize=1` the
+        inputs are sent in chunks (about 4 per worker, at most 256 items),
+        without changing what the iterator yields or
+        raises (results in order; the first failing call's exception, raised
+        when the iterator reaches it). `buffersize` (the Python 3.14 argument,
+        offered on every version) makes the input lazy: at most `buffersize`
+        chunks are in flight, each of `chunksize` items.
+        """
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        args = zip(*iterables)
+        chunks: Iterator[list[tuple[Any, ...]]]
+        if buffersize is None:
+            items = list(args)
+            if chunksize == 1:
+                chunksize, extra = divmod(len(items), self._max_workers * 4)
+                chunksize = min(_MAX_CHUNK, max(1, chunksize + bool(extra)))
+            chunks = (items[i:i + chunksize] for i in range(0, len(items), chunksize))
+            fs = deque(self.submit(_run_chunk, fn, c) for c in chunks)
+            del items
+        else:
+            chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])
+            fs = deque(self.submit(_run_chunk, fn, c) for c in itertools.islice(chunks, buffersize))
+        return _results(fs, end_time, None if buffersize is None else (self, fn, chunks))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        s = self._state
+        with s.lock:
+            s.shutdown = True
+            if cancel_futures:
+                s.cancel_futures = True
+                s.cancel_queued_locked()
+        s.wakeup.wakeup()
+        t = self._executor_manager_thread
+        if t is None:
+            s.wakeup.close()
+        elif wait:
+            t.join()
+    shutdown.__doc__ = _base.Executor.shutdown.__doc__
+
+    def _force_shutdown(self, operation: str) -> None:
+        if operation not in ("terminate", "kill"):
+            raise ValueError(f"Unsupported operation: {operation!r}")
+        s = self._state
+        with s.lock:
+            s.force = True
+            procs = list(s.processes.values())
+        self.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            try:
+                if p.is_alive():
+                    p.terminate() if operation == "terminate" else p.kill()
+            except (ValueError, ProcessLookupError):
+                continue
+
+    def terminate_workers(self) -> None:
+        """Attempts to terminate the executor's workers.
+        Iterates through all of the current worker processes and terminates
+        each one that is still alive.
+
+        After terminating workers, the pool will be in a broken state
+        and no longer usable (for instance, new tasks should not be
+        submitted).
+        """
+        return self._force_shutdown(operation="terminate")
+
+    def kill_workers(self) -> None:
+        """Attempts to kill the executor's workers.
+        Iterates through all of the current worker processes and kills
+        each one that is still alive.
+
+        After killing workers, the pool will be in a broken state
+        and no longer usable (for instance, new tasks should not be
+        submitted).
+        """
+        return self._force_shutdown(operation="kill")
+
+
+def _on_collect(s: _State) -> None:
+    # The executor was garbage-collected: as shutdown(wait=False).
+    s.shutdown = True
+    try:
+        s.wakeup.wakeup()
+    except OSError:
+        pass
+
+
+def _results(fs: deque[_base.Future[Any]], end_time: float | None, more: Any) -> Iterator[Any]:
+    # A generator of its own (not a method) so it holds no reference to the executor
+    # when the input is eager: `del executor` then shuts it down, as with the stdlib.
+    try:
+        while fs:
+            f = fs.popleft()
+            try:
+                if end_time is None:
+                    results, err = f.result()
+                else:
+                    results, err = f.result(end_time - time.monotonic())
+            finally:
+                f.cancel()
+                del f
+            if more is not None:
+                executor, fn, chunks = more
+                for c in itertools.islice(chunks, 1):
+                    fs.append(executor.submit(_run_chunk, fn, c))
+            # Popped as yielded: the iterator keeps no reference to a result the
+            # caller has dropped (bpo-14406, tested by CPython).
+            results.reverse()
+            while results:
+                yield results.pop()
+            if err is not None:
+                try:
+                    raise err
+                finally:
+                    err = None
+    finally:
+        for f in fs:
+            f.cancel()
