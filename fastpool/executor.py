@@ -122,7 +122,7 @@ def _map_via_submit(executor: Any, fn: Callable[..., Any], iterables: tuple[Iter
         return _base.Executor.map(executor, fn, *iterables, timeout=timeout,
                                   chunksize=chunksize)
     if _STDLIB_BUFFERSIZE:
-        return _base.Executor.map(executor, fn, *iterables, timeout=timeout,  # type: ignore[call-arg]
+        return _base.Executor.map(executor, fn, *iterables, timeout=timeout,  # type: ignore[call-arg, unused-ignore]  # 3.14+ only
                                   chunksize=chunksize, buffersize=buffersize)
     if timeout is not None:
         end_time = timeout + time.monotonic()
