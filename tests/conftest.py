@@ -40,6 +40,33 @@ def pytest_configure(config: pytest.Config) -> None:
         "stdlib_bug(issue): the stdlib ThreadPoolExecutor has this bug and fastpool fixes it; "
         "the stdlib run of the test is xfail(strict=True)",
     )
+    config.addinivalue_line(
+        "markers",
+        "version_independent: slow, and exercises nothing that differs between Python "
+        "versions; .ci/run runs it on the default Python only (see VERSION_INDEPENDENT)",
+    )
+
+
+# Slow tests whose subject does not depend on the Python version: the C++ queue tests
+# (compiled without Python), the kill -9 resume trials and the limits property test
+# (pure Pool logic, already run on both cores), the benchmark smoke run, the release
+# pipeline's linters and the README examples. .ci/run runs every test on the default
+# Python and deselects these (-m "not version_independent") on the other Pythons, to
+# keep CI well under 30 minutes. Node-id prefixes, so a renamed test is still found.
+VERSION_INDEPENDENT = (
+    "tests/test_native_queue.py::test_fp_queue_cpp",
+    "tests/test_run_resume.py::test_kill_9_at_random_points",
+    "tests/test_pool_limits_property.py::",
+    "tests/test_cli.py::test_bench_quick_json",
+    "tests/test_release.py::",
+    "tests/test_docs.py::",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(VERSION_INDEPENDENT):
+            item.add_marker(pytest.mark.version_independent)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

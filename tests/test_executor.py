@@ -709,6 +709,14 @@ def test_default_thread_names(executor_cls):
 
 
 def test_idle_worker_reuse(executor_cls):
+    if executor_cls is cf.ThreadPoolExecutor:
+        # The stdlib's worker counts itself idle only after the future is set, so the
+        # next submit may start a second thread (seen in CI): it reuses idle workers
+        # only loosely. fastpool's worker counts itself idle again before it releases
+        # the GIL after a task (run_worker), so a woken caller always sees it idle.
+        pytest.skip("the stdlib reuses idle workers racily")
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        pytest.skip("with the GIL off a woken caller may run before the worker is idle")
     with executor_cls(8) as ex:
         idents = {ex.submit(threading.get_ident).result(PROMPT) for _ in range(50)}
         assert len(ex._threads) == 1
