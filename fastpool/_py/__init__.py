@@ -19,19 +19,20 @@ from .queue import QueueClosed, QueueEmpty, WorkQueue
 from .._future import Future
 from .worker import WorkItem, run_worker, spin_ns
 from .map import MapJob, _Failure, _MapRunner, _MapState
-from .ledger import (N_CANCELLED, N_DEAD_LETTERED, N_FAILED, N_NOT_STARTED, N_QUEUED,
-                     N_REJECTED, N_RETRIED, N_RETRYING, N_RUNNING, N_SUBMITTED, N_SUCCEEDED,
-                     OUTSIDE, PUT_CLOSED, PUT_FULL, PUT_OK, SAMPLE_EVERY, SAMPLE_WINDOW,
-                     TASK_ABANDONED, TASK_DONE, TASK_OVERDUE, TASK_QUEUED, TASK_RETRY,
-                     TASK_RUNNING, TASK_SETTLING, Ledger, PoolTask, clock)
+from .ledger import Ledger, PoolTask, clock
+from .._states import (N_CANCELLED, N_COUNTERS, N_DEAD_LETTERED, N_FAILED, N_NOT_STARTED,
+                       N_QUEUED, N_REJECTED, N_RETRIED, N_RETRYING, N_RUNNING, N_SUBMITTED,
+                       N_SUCCEEDED, OUTSIDE, PUT_CLOSED, PUT_FULL, PUT_OK, SAMPLE_EVERY,
+                       SAMPLE_WINDOW, TASK_ABANDONED, TASK_DONE, TASK_OVERDUE, TASK_QUEUED,
+                       TASK_RETRY, TASK_RUNNING, TASK_SETTLING)
 
 __all__ = [
     "Future", "Ledger", "MapJob", "PoolTask", "QueueClosed", "QueueEmpty", "WorkItem",
     "WorkQueue", "clock", "run_worker", "spin_ns",
-    "N_CANCELLED", "N_DEAD_LETTERED", "N_FAILED", "N_NOT_STARTED", "N_QUEUED", "N_REJECTED",
-    "N_RETRIED", "N_RETRYING", "N_RUNNING", "N_SUBMITTED", "N_SUCCEEDED", "OUTSIDE",
-    "PUT_CLOSED", "PUT_FULL", "PUT_OK", "SAMPLE_EVERY", "SAMPLE_WINDOW",
-    "TASK_ABANDONED", "TASK_DONE", "TASK_OVERDUE", "TASK_QUEUED", "TASK_RETRY",
-    "TASK_RUNNING", "TASK_SETTLING",
-    "_Failure", "_MapRunner", "_MapState",
+    # The numbers, fastpool._states' (re-exported by both cores).
+    "N_CANCELLED", "N_COUNTERS", "N_DEAD_LETTERED", "N_FAILED", "N_NOT_STARTED",
+    "N_QUEUED", "N_REJECTED", "N_RETRIED", "N_RETRYING", "N_RUNNING", "N_SUBMITTED",
+    "N_SUCCEEDED", "OUTSIDE", "PUT_CLOSED", "PUT_FULL", "PUT_OK", "SAMPLE_EVERY",
+    "SAMPLE_WINDOW", "TASK_ABANDONED", "TASK_DONE", "TASK_OVERDUE", "TASK_QUEUED",
+    "TASK_RETRY", "TASK_RUNNING", "TASK_SETTLING",
 ]
