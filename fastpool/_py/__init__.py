@@ -5,11 +5,12 @@ Same interface and semantics as fastpool._core (stubs: fastpool/_core.pyi); the 
 suite runs against both, and tests/test_core_parity.py compares their names and
 signatures. File for file with src/core/*.pxi, so each pair can be diffed side by side:
 
-    queue.py   <-> src/core/queue.pxi    WorkQueue
-    ../_future.py <-> src/core/future.pxi   Future (fastpool._future, outside this package)
-    worker.py  <-> src/core/worker.pxi   WorkItem, run_worker
-    map.py     <-> src/_core.pyx         MapJob (its map section)
-    ledger.py  <-> src/core/ledger.pxi   Ledger, PoolTask (the Pool's bookkeeping)
+    queue.py          <-> src/core/queue.pxi    WorkQueue
+    ../_future.py     <-> src/core/future.pxi   Future
+    worker.py         <-> src/core/worker.pxi   WorkItem, run_worker
+    map.py            <-> src/_core.pyx         MapJob (its map section)
+    ledger.py         <-> src/core/ledger.pxi   Ledger, PoolTask (the Pool's bookkeeping)
+    ../_states.py     (both)                    the bookkeeping's numbers
 """
 
 from __future__ import annotations
