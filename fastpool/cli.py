@@ -3,8 +3,8 @@
 `main(argv)` returns the exit code: 0 success, 1 some records dead-lettered (`run`),
 2 bad usage (argparse's convention; never a traceback for a user's mistake), 3 internal
 error of `run` (every unfinished record saved), 128+signal for an interrupted `run`.
-This module parses, dispatches and owns the process (signal handlers, the exit); the
-`run` engine is fastpool.run.
+This module parses, dispatches and owns the exit (only `entry()` ends the process); the
+`run` engine is fastpool.run, whose Pool handles SIGINT and SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import math
 import os
 import signal
 import sys
-import threading
 from typing import Any, Callable, NoReturn
 
 import fastpool
@@ -217,17 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def entry() -> None:
-    """The `fastpool` program: main(), then exit with its code.
-
-    A record still running past `run`'s grace period is saved (in UNPROCESSED) but its
-    worker thread would keep the interpreter from exiting: then leave at once."""
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate()
-           if t is not threading.main_thread()):
-        os._exit(code)
-    sys.exit(code)
+    """The `fastpool` program: main(), then exit with its code. (A record still running
+    past `run`'s grace period does not hold the exit: the pool abandoned its worker.)"""
+    sys.exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # a usage error found by a command
         return exc.code if isinstance(exc.code, int) else 2
     except KeyboardInterrupt:
-        # Only reached outside `run` (which handles its own signals): quiet, like Python.
+        # Outside a run's Pool (which handles SIGINT itself): quiet, like Python.
         print(file=sys.stderr)
         return 128 + signal.SIGINT
     except BrokenPipeError:
@@ -387,17 +378,9 @@ def _cmd_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     assert runner is not None
     if args.metrics is not None:
         args.metrics.registry.register(run.RecordCollector(runner))
-    old = {}
-    if threading.current_thread() is threading.main_thread():  # main() may run elsewhere
-        for signame in ("SIGINT", "SIGTERM"):
-            if hasattr(signal, signame):
-                sig = getattr(signal, signame)
-                old[sig] = signal.signal(sig, lambda signum, frame: runner.interrupt(signum))
     try:
-        return runner.run()
+        return runner.run()  # SIGINT and SIGTERM: the run's Pool handles them
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
         if args.metrics is not None:
             args.metrics.close()
 

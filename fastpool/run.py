@@ -1,7 +1,7 @@
 """The `fastpool run` engine: records from a file or pipe through a function on a Pool.
 
-`cli.py` parses the command line and owns the process (signal handlers, the exit);
-this module reads, runs, orders and writes the records. Every input line ends in exactly
+`cli.py` parses the command line and owns the exit; this module reads, runs, orders and
+writes the records. SIGINT and SIGTERM are handled by the run's Pool (`handle_signals`). Every input line ends in exactly
 one place: OUT (its result), the dead-letter file (it failed for good), the unprocessed
 file (the run stopped first), or nowhere if it is blank in `jsonl`.
 
@@ -863,6 +863,13 @@ class Runner:
             self._stopping = True
             self.stop.set()
 
+    def _check_signal(self) -> None:
+        """A signal the pool received (handle_signals) interrupts the run."""
+        if not self.stop.is_set() and self.pool is not None:
+            signum = self.pool.signal_received
+            if signum is not None:
+                self.interrupt(signum)
+
     # -- running ---------------------------------------------------------------------
 
     def run(self) -> int:
@@ -886,6 +893,13 @@ class Runner:
         # record's own task carries the policy.
         self.pool = pool = fastpool.Pool(args.workers, rate_limit=args.rate,
                                          name="fastpool-run")
+        if threading.current_thread() is threading.main_thread():
+            # SIGINT and SIGTERM are the pool's: the first starts its shutdown, which
+            # gives running records --grace seconds; a second cuts that short. The
+            # runner sees them through signal_received (polled between short waits)
+            # and decides the exit itself. The pool's shutdown in _finish() restores
+            # the previous handlers.
+            pool.handle_signals(timeout=args.grace, exit=False)
         if args.metrics is not None:
             args.metrics.add(pool)
         self._policy = policy
@@ -918,7 +932,10 @@ class Runner:
     def _loop(self) -> None:
         reader, window = self.reader, self.window
         wake = self._wake
-        while not self.stop.is_set():
+        while True:
+            self._check_signal()
+            if self.stop.is_set():
+                break
             # Cleared before looking: a callback setting it from now on ends the wait.
             wake.clear()
             self._write_done()
@@ -948,6 +965,7 @@ class Runner:
         deadline = None
         while window and not self.abort.is_set():
             wake.clear()
+            self._check_signal()
             if deadline is None and self.stop.is_set():
                 self._stop_pool()
                 # A little over the pool's own grace, so its hand-back lands first.
@@ -995,6 +1013,7 @@ class Runner:
 
     def _idle(self) -> None:
         # The reader waits for a pipe: write what finished meanwhile.
+        self._check_signal()
         self._write_done()
 
     # -- in a worker -----------------------------------------------------------------
@@ -1193,12 +1212,20 @@ class Runner:
         self.journal.append(entry)
 
     def _stop_pool(self) -> None:
-        assert self.pool is not None
+        pool = self.pool
+        assert pool is not None
+
         # Queued batches are handed back at once; running ones (and waiting retries) get
-        # --grace seconds. In a thread, so the main thread keeps writing results.
-        threading.Thread(target=self.pool.shutdown, name="fastpool-run-shutdown",
-                         daemon=True, kwargs={"wait": True, "cancel_futures": True,
-                                              "timeout": self.args.grace}).start()
+        # --grace seconds. In a thread, so the main thread keeps writing results. After
+        # a signal the pool's own shutdown is under way: this one waits for it, and
+        # ends early with it on a second signal. Timed out: what still runs is
+        # abandoned, so the writer stops waiting for it.
+        def stop() -> None:
+            if pool.shutdown(wait=True, cancel_futures=True,
+                             timeout=self.args.grace).timed_out:
+                self.abort.set()
+            self._wake.set()
+        threading.Thread(target=stop, name="fastpool-run-shutdown", daemon=True).start()
 
     def _finish(self) -> None:
         """After the loop: checkpoint, save what did not finish, close everything."""
@@ -1221,8 +1248,12 @@ class Runner:
         finally:
             still = False
             if self.pool is not None:
+                # Records still running past the grace period are abandoned (timeout
+                # 0): interpreter exit does not wait for them. From the main thread,
+                # this also gives back the signal handlers.
                 still = self.pool.stats().running > 0
-                self.pool.shutdown(wait=not still, cancel_futures=True)
+                self.pool.shutdown(wait=True, cancel_futures=True,
+                                   timeout=0.0 if still else None)
             self.abandoned = still
             if self.progress is not None:
                 self.progress.update(self.reader.offset, self.ok, self.failed, 0, final=True)

@@ -423,3 +423,41 @@ def test_run_unopenable_out_exits_2_and_closes_input(workdir: Path, capsys) -> N
     assert "cannot write OUT: no such directory" in err
     assert len(err.splitlines()) == 1, err  # one line
     assert not [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+# A FUNC that notes which SIGTERM handler is installed while records run, and on
+# record 3 sends SIGTERM to its own process.
+SIGNAL_MODULE = '''
+import os, signal
+
+def note_handler(r):
+    handler = signal.getsignal(signal.SIGTERM)
+    with open(os.path.join(os.path.dirname(__file__), "handler.txt"), "w") as f:
+        f.write(getattr(handler, "__module__", None) or repr(handler))
+    if r == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return r
+'''
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_run_leaves_signals_to_its_pool_and_main_returns_their_code(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # In-process: `run` installs no handler of its own beside Pool.handle_signals (the
+    # pool's shutdown gives --grace and a second signal cuts it short), main() returns
+    # 128 + SIGTERM rather than exiting, and the previous handler is back afterwards.
+    from fastpool import cli
+
+    (workdir / "sigmod.py").write_text(SIGNAL_MODULE)
+    (workdir / "in.jsonl").write_text("".join(f"{i}\n" for i in range(1, 6)))
+    before = signal.getsignal(signal.SIGTERM)
+    code = cli.main(["run", str(workdir / "sigmod.py") + ":note_handler",
+                     str(workdir / "in.jsonl"), "-o", str(workdir / "out.jsonl"),
+                     "--workers", "1", "--no-progress"])
+    assert code == 128 + signal.SIGTERM, capsys.readouterr().err
+    assert (workdir / "handler.txt").read_text().startswith("fastpool.pool")
+    assert signal.getsignal(signal.SIGTERM) is before
+    out = (workdir / "out.jsonl").read_text().split()
+    un = (workdir / "out.jsonl.unprocessed").read_text().split()
+    assert sorted(out + un, key=int) == [str(i) for i in range(1, 6)]
+    assert "interrupted by SIGTERM" in capsys.readouterr().err
