@@ -192,9 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench", help="compare fastpool with concurrent.futures on this machine",
-        description="Run the benchmark cases of fastpool's issue 4 interleaved, and print "
-                    "the median of each implementation and the ratio (> 1: fastpool is "
-                    "better). Takes a few minutes; --quick runs tiny sizes in seconds.")
+        description="Run fastpool's benchmark cases (submit, map, sleep, latency, ...) on "
+                    "fastpool and on concurrent.futures (and peers: multiprocessing's "
+                    "ThreadPool, a bare loop) interleaved, and print a table of the "
+                    "medians and the ratio per case (> 1: fastpool is better). Takes a few "
+                    "minutes; --quick runs tiny sizes in seconds.")
     bench.add_argument("--quick", action="store_true", help="tiny sizes (seconds, noisy)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument("--plot", metavar="FILE.png", help="also save a chart (needs matplotlib)")
@@ -202,12 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="interleaved repetitions; the median is reported (default 5, "
                             "3 with --quick)")
     bench.add_argument("--scale", type=_positive_float, default=None,
-                       help="problem size factor (default 1 = the issue's sizes; 0.02 "
+                       help="problem size factor (default 1 = the full sizes; 0.02 "
                             "with --quick)")
     bench.add_argument("--case", action="append", metavar="NAME",
                        help="run only this case (repeatable)")
     bench.add_argument("--fallback", action="store_true",
                        help="also run the pure-Python fallback core (fastpool-py)")
+    bench.add_argument("-v", "--verbose", action="store_true",
+                       help="print every run's metrics on stderr as it ends (default: a "
+                            "progress line on a terminal)")
     bench.set_defaults(handler=_cmd_bench, subparser=bench)
 
     demo = sub.add_parser("demo", help="a tour of the main features in a few seconds")
@@ -247,107 +252,40 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from . import _bench
+    from . import _bench, _bench_report
 
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             args.subparser.error("--plot needs matplotlib, which is not installed "
-                         "(pip install matplotlib)")
+                                 "(pip install matplotlib)")
     try:
         cases = _bench.available_cases(args.case)
     except ValueError as exc:
         args.subparser.error(str(exc))
     repeat = args.repeat or (3 if args.quick else 5)
     scale = args.scale or (0.02 if args.quick else 1.0)
-
-    def on_run(case: Any, impl: str, metrics: Any) -> None:
-        # Progress goes to stderr in both modes: stdout stays the table or pure JSON.
-        print(f"  {case.name:<12} {impl:<14} "
-              + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
-              file=sys.stderr, flush=True)
-
-    print(f"{_version()}; {repeat} interleaved runs, scale {scale:g}", file=sys.stderr)
-    results = _bench.run_interleaved(cases, repeat, scale, fallback=args.fallback,
-                                     on_run=on_run)
+    runs = repeat * sum(len(_bench.implementations(c, args.fallback)) for c in cases)
+    # Progress goes to stderr: stdout is the table (first thing printed) or pure JSON.
+    progress = _bench_report.Progress(runs, args.verbose)
+    if args.verbose:
+        print(f"{_version()}; {repeat} interleaved runs, scale {scale:g}", file=sys.stderr)
+    try:
+        results = _bench.run_interleaved(cases, repeat, scale, fallback=args.fallback,
+                                         on_run=progress)
+    finally:
+        progress.close()
     report = _bench.to_json(results, repeat, scale)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_table(report))
+        print(_bench_report.format_table(report))
     if args.plot:
-        _plot(report, args.plot)
+        _bench_report.plot(report, args.plot)
         if not args.json:
             print(f"chart saved to {args.plot}")
     return 0
-
-
-def _fmt(value: float | None, stopped: bool = False) -> str:
-    if value is None or value != value:
-        return "-"
-    text = f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-    return (">" if stopped else "") + text
-
-
-def _fmt_ratio(ratio: float | None) -> str:
-    if ratio is None:
-        return "-"
-    return f"{ratio:.0f}x" if ratio >= 100 else f"{ratio:.2f}x"
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """The `fastpool bench` table: one row per case and metric, medians and the ratio."""
-    header = ("case", "metric", "stdlib", "fastpool", "ratio", "target", "others")
-    rows = [header]
-    for row in report["cases"]:
-        med, stopped = row["median"], set(row["stopped"])
-        # For cases measured against another baseline (the Pool vs the bare executor)
-        # the columns still hold stdlib and fastpool; the row names its comparison.
-        name = row["case"]
-        if row["baseline"] != "stdlib" or row["subject"] != "fastpool":
-            name += f" ({row['subject']} vs {row['baseline']})"
-        others = [f"{impl}={_fmt(v, impl in stopped)}" for impl, v in med.items()
-                  if impl not in ("stdlib", "fastpool")]
-        ratio = row["ratio"]
-        rows.append((name, row["unit"], _fmt(med.get("stdlib"), "stdlib" in stopped),
-                     _fmt(med.get("fastpool"), "fastpool" in stopped),
-                     _fmt_ratio(ratio) + ("+" if stopped & {row["baseline"]} else ""),
-                     row["target"], " ".join(others)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
-    m = report["machine"]
-    lines.insert(1, "-" * len(lines[0]))
-    lines.append("")
-    lines.append(f"ratio > 1: fastpool better (baseline/fastpool for times); '>' and '+': "
-                 "the run was stopped at its cap, the true value is larger. "
-                 f"Medians of {report['repeat']} interleaved runs, scale {report['scale']:g}; "
-                 f"{m['platform']}, {m['cpus']} CPUs, {m['implementation']} {m['python']}, "
-                 f"fastpool {m['fastpool']} ({'native' if m['native'] else 'pure-Python'} core).")
-    return "\n".join(lines)
-
-
-def _plot(report: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in report["cases"] if r["ratio"]]
-    labels = [f"{r['case']}\n{r['metric']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows)), 4))
-    ax.bar(labels, [r["ratio"] for r in rows],
-           color=["tab:green" if r["ratio"] >= 1 else "tab:red" for r in rows])
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_ylabel("ratio (> 1: fastpool better)")
-    m = report["machine"]
-    ax.set_title(f"fastpool {m['fastpool']} vs baseline, {m['implementation']} {m['python']}, "
-                 f"{m['cpus']} CPUs")
-    plt.setp(ax.get_xticklabels(), fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 # -- demo ------------------------------------------------------------------------------

@@ -142,13 +142,53 @@ def test_bench_table(workdir: Path) -> None:
                         "--case", "pool-extras", cwd=workdir, timeout=120)
     assert proc.returncode == 0, proc.stderr
     header, rule, submit, extras = proc.stdout.splitlines()[:4]
-    assert header.split()[:5] == ["case", "metric", "stdlib", "fastpool", "ratio"]
+    assert header.split() == ["case", "metric", "stdlib", "fastpool", "ratio", "others"]
     assert set(rule) == {"-"}
     assert submit.startswith("submit ") and "us/task" in submit
     assert float(submit.split()[4].rstrip("x")) > 0  # the ratio column
     # The Pool row names its own baseline, the bare executor.
     assert extras.startswith("pool-extras (fastpool.Pool vs fastpool)")
     assert "medians of 1 interleaved runs" in proc.stdout.lower()
+
+
+def test_bench_speaks_to_users_and_prints_the_table_first(workdir: Path) -> None:
+    # No internal issue numbers or project targets in the help, the table or the JSON;
+    # stdout is the table alone, and stderr (not a terminal here) stays quiet unless
+    # --verbose asks for every run's metrics.
+    help_text = fastpool_cli("bench", "--help", cwd=workdir).stdout
+    assert "--verbose" in help_text
+    args = ("bench", "--quick", "--repeat", "1", "--case", "submit", "--case", "latency")
+    quiet = fastpool_cli(*args, cwd=workdir, timeout=120)
+    verbose = fastpool_cli(*args, "--verbose", cwd=workdir, timeout=120)
+    as_json = fastpool_cli(*args, "--json", cwd=workdir, timeout=120)
+    for proc in (quiet, verbose, as_json):
+        assert proc.returncode == 0, proc.stderr
+    for text in (help_text, quiet.stdout, verbose.stdout, as_json.stdout):
+        assert not re.search(r"issue|target", text, re.IGNORECASE), text
+    assert quiet.stdout.startswith("case ") and quiet.stderr == ""
+    assert verbose.stdout.startswith("case ")
+    runs = [line for line in verbose.stderr.splitlines() if line.startswith("  ")]
+    assert len(runs) == 2 * 3, verbose.stderr  # 2 cases x (stdlib, fastpool, mp.ThreadPool)
+
+
+def test_bench_chart_labels_its_bars_and_keeps_capped_ratios_apart() -> None:
+    pytest.importorskip("matplotlib")
+    from fastpool import _bench_report
+
+    def row(case: str, ratio: float, stopped: list[str]) -> dict[str, object]:
+        return {"case": case, "metric": "time", "unit": "us", "baseline": "stdlib",
+                "subject": "fastpool", "median": {"stdlib": ratio, "fastpool": 1.0},
+                "stopped": stopped, "ratio": ratio}
+
+    report = {"machine": {"platform": "p", "cpus": 2, "implementation": "CPython",
+                          "python": "3", "fastpool": "0", "native": True},
+              "repeat": 5, "scale": 1.0,
+              "cases": [row("a", 14.5, []), row("b", 0.81, []), row("c", 78000.0, ["stdlib"])]}
+    fig = _bench_report.figure(report)
+    measured, capped = fig.axes
+    assert [t.get_text() for t in measured.texts] == ["14.50x", "0.81x"]
+    assert [t.get_text() for t in capped.texts] == [">= 78000x"]
+    assert measured.get_ylim()[1] < 1000  # the capped bar does not set this scale
 
 
 def test_bench_rejects_unknown_case_and_plot_without_matplotlib(workdir: Path) -> None:

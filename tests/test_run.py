@@ -429,3 +429,50 @@ def test_main_returns_the_code_of_a_usage_error(workdir: Path, capsys) -> None:
     assert cli.main(["run", "x:y", str(workdir / "none.jsonl"), "--workers", "0"]) == 2
     assert cli.main(["--version"]) == 0
     capsys.readouterr()
+
+
+# -- the per-record path: results and errors as json.dumps gives them ------------------
+
+SHAPES_MODULE = '''
+def shape(r):
+    if r == "cycle":
+        x = []
+        x.append(x)
+        return x
+    if r == "set":
+        return {1}
+    if r == "surrogate":
+        return "\\ud800"
+    if r == "floats":
+        return [float("nan"), float("inf"), -0.0, 1e300, 0.1]
+    if r == "keys":
+        return {1: (True, None), 2.5: "é✓", "k": {"nested": [1, [2, [3]]]}}
+    return r
+'''
+
+
+def test_results_are_written_as_json_dumps_writes_them(workdir: Path) -> None:
+    # The runner encodes with a C encoder built once: same bytes as
+    # json.dumps(ensure_ascii=False), lone surrogates \\u-escaped, and the results it
+    # cannot encode dead-lettered with json's own message (a cycle included).
+    (workdir / "shapes.py").write_text(SHAPES_MODULE)
+    records = ["cycle", "set", "surrogate", "floats", "keys", {"plain": [1, "x"]}, "\ufeff",
+               "   "]
+    lines = [json.dumps(r) for r in records] + ["", "  \t", "\ufeff1", "{bad"]
+    (workdir / "in.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = fastpool_cli("run", "shapes:shape", "in.jsonl", "-o", "out.jsonl", cwd=workdir)
+    assert proc.returncode == 1, proc.stderr
+    expected = [json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")
+                for v in ("\ud800", [float("nan"), float("inf"), -0.0, 1e300, 0.1],
+                          {1: (True, None), 2.5: "é✓", "k": {"nested": [1, [2, [3]]]}},
+                          {"plain": [1, "x"]}, "\ufeff", "   ")]
+    expected[0] = json.dumps("\ud800").encode()  # not UTF-8: escaped
+    assert (workdir / "out.jsonl").read_bytes().splitlines() == expected
+    dead = {d["line"]: d for d in _read_jsonl(workdir / "out.jsonl.dead-letter.jsonl")}
+    assert sorted(dead) == [1, 2, 11, 12]  # lines 9 and 10 are blank: no record
+    assert dead[1]["error"] == "cannot serialize the result: ValueError: Circular reference detected"
+    assert dead[2]["error"] == ("cannot serialize the result: TypeError: Object of type set "
+                                "is not JSON serializable")
+    assert dead[11]["error"].startswith("invalid JSON: Unexpected UTF-8 BOM")
+    assert dead[12]["error"].startswith("invalid JSON: Expecting property name")
+    assert "2 blank lines skipped" in proc.stderr
