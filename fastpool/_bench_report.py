@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from typing import IO, Any
+from typing import IO, Any, Mapping
 
 __all__ = ["Progress", "figure", "format_table", "plot"]
 
@@ -76,7 +76,7 @@ class Progress:
         self._live = not verbose and self._stream.isatty()
         self._width = 0
 
-    def __call__(self, case: Any, impl: str, metrics: dict[str, float]) -> None:
+    def __call__(self, case: Any, impl: str, metrics: Mapping[str, float]) -> None:
         self._done += 1
         if self._verbose:
             print(f"  {case.name:<12} {impl:<14} "
