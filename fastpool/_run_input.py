@@ -12,7 +12,7 @@ import threading
 import time
 from typing import IO, Callable, Iterator, Union
 
-__all__ = ["Line", "LineReader", "LongLine", "Stop"]
+__all__ = ["Line", "LineReader", "LongLine", "Stop", "line_size"]
 
 _CHUNK = 1 << 20               # bytes per read() of the input
 _MAX_BATCH_BYTES = 1 << 20     # input bytes per batch at most (past one line)
@@ -29,6 +29,11 @@ def long_line(prefix: bytes | bytearray, size: int) -> LongLine:
     line = LongLine(prefix)
     line.size = size
     return line
+
+
+def line_size(line: Line) -> int:
+    """The input bytes of a line followed by a newline (every line but perhaps the last)."""
+    return line.size if type(line) is LongLine else len(line) + 1
 
 
 # An input line, without its newline: a bytearray when it came in several reads (grown in
@@ -124,8 +129,8 @@ class LineReader:
             self._take(tail)
 
     def read_batch(self, max_lines: int, stop: threading.Event,
-                   idle: Callable[[], None]) -> tuple[list[Line], list[int]] | None:
-        """Up to `max_lines` whole lines and their end offsets; None at end of input.
+                   idle: Callable[[], None]) -> list[Line] | None:
+        """Up to `max_lines` whole lines (`offset` moves past them); None at end of input.
 
         Returns what one read brought rather than wait to fill the batch. Raises Stop
         when `stop` is set while waiting for input.
@@ -137,7 +142,7 @@ class LineReader:
                 line = self._complete(b"", 0)  # the last line, without newline
                 self.lines += 1
                 self.offset += line.size if type(line) is LongLine else len(line)
-                return [line], [self.offset]
+                return [line]
             data = self._read(stop, idle)
             if data:
                 self._add(data)
@@ -145,18 +150,18 @@ class LineReader:
                 self._eof = True
         start = self._next
         batch = self._lines[start:start + max_lines]
-        sizes = [len(line) + 1 for line in batch]
-        if self._max is not None:
-            sizes = [line.size if isinstance(line, LongLine) else n
-                     for line, n in zip(batch, sizes)]
-        ends = list(itertools.accumulate(sizes, initial=self.offset))[1:]
-        if ends[-1] - self.offset > _MAX_BATCH_BYTES and len(batch) > 1:
-            keep = max(1, bisect.bisect_right(ends, self.offset + _MAX_BATCH_BYTES))
-            del batch[keep:], ends[keep:]
+        # Summed in C: no per-line Python work on the way of a fast FUNC.
+        nbytes = (sum(map(len, batch)) + len(batch) if self._max is None
+                  else sum(map(line_size, batch)))
+        if nbytes > _MAX_BATCH_BYTES and len(batch) > 1:
+            ends = list(itertools.accumulate(map(line_size, batch)))
+            keep = max(1, bisect.bisect_right(ends, _MAX_BATCH_BYTES))
+            del batch[keep:]
+            nbytes = ends[keep - 1]
         self._next = start + len(batch)
         self.lines += len(batch)
-        self.offset = ends[-1]
-        return batch, ends
+        self.offset += nbytes
+        return batch
 
     def rest(self, deadline: float, abort: threading.Event) -> Iterator[bytes]:
         """What is left of the input, to save, in pieces.
@@ -193,4 +198,3 @@ class LineReader:
             if byte == b"\n":
                 return
         self.torn = True
-

@@ -14,7 +14,7 @@ import json
 from concurrent.futures import Future
 from typing import Any, Callable, NamedTuple
 
-from ._run_input import Line
+from ._run_input import Line, line_size
 
 __all__ = ["SKIP", "Backoff", "Batch", "Failed", "RetryCall", "Retrying", "Unserializable",
            "encode_dead", "encode_json", "encode_line", "error_text", "pending", "safe_str"]
@@ -73,8 +73,10 @@ def _fast_json_encoder() -> Callable[[Any, int], Any] | None:
     if make is None:
         return None
     e = json.JSONEncoder(ensure_ascii=False, check_circular=False)
-    return make(None, e.default, json.encoder.encode_basestring, None,  # type: ignore[no-any-return]
-                e.key_separator, e.item_separator, False, False, True)
+    encoder: Callable[[Any, int], Any] = make(
+        None, e.default, json.encoder.encode_basestring, None, e.key_separator,
+        e.item_separator, False, False, True)
+    return encoder
 
 
 _json_encode_fast = _fast_json_encoder()
@@ -152,21 +154,27 @@ class RetryCall:
 class Batch:
     """Consecutive input lines run as one Pool task; written when all are settled."""
 
-    __slots__ = ("first_line", "start", "lines", "ends", "results", "nbytes", "future",
+    __slots__ = ("first_line", "start", "lines", "end", "results", "nbytes", "future",
                  "pos", "seconds", "clean")
 
     def __init__(self, first_line: int, start: int, lines: list[Line],
-                 ends: list[int]) -> None:
+                 end: int) -> None:
         self.first_line = first_line   # input line number of lines[0] (1-based)
         self.start = start             # input offset of lines[0]
         self.lines = lines             # raw lines, without their newline
-        self.ends = ends               # input offset just past each line
+        self.end = end                 # input offset just past the last line
         self.results: list[Any] = [None] * len(lines)
-        self.nbytes = ends[-1] - start
+        self.nbytes = end - start
         self.future: Future[Any] | None = None
         self.pos = 0                   # lines[:pos] are written
         self.seconds = 0.0             # time the batch ran, for the adaptive size
         self.clean = False             # every record succeeded: results are all bytes
+
+    def end_of(self, k: int) -> int:
+        """The input offset just past lines[:k] (a checkpoint inside the batch)."""
+        if k == len(self.lines):
+            return self.end  # the input's last line may have no newline
+        return self.start + sum(map(line_size, self.lines[:k]))
 
 
 def pending(batch: Batch) -> bool:

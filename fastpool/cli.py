@@ -130,8 +130,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fastpool",
-                                     description="A fast worker pool for Python.")
+    parser = _Parser(prog="fastpool", description="A fast worker pool for Python.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -145,6 +145,18 @@ def retry_on_names(text: str) -> Callable[[BaseException], bool]:
     return matches
 
 
+_json_decode = json.JSONDecoder().decode  # json.loads(str) but its BOM check (_json_error)
+
+
+def _json_error(text: str) -> str:
+    """json.loads's message for a line it cannot parse (a leading BOM included)."""
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        return str(exc)
+    return "not JSON"  # cannot happen: the decoder refused it
+
+
 # -- the output paths --------------------------------------------------------------------
 
 
@@ -271,7 +283,7 @@ class Runner:
                 self.journal.start(self.header, keep)
                 self._files.append(self.journal)
             self.out = Sink(args.output, lazy=False, stdout=to_stdout,
-                             append_at=out_size if args.resume else None)
+                            append_at=out_size if args.resume else None)
             self._files.append(self.out)
             # A previous run's files would be taken for this run's: a run without
             # failures (so far, when resuming) has no dead-letter file, and the
@@ -280,7 +292,7 @@ class Runner:
                 if not kept and os.path.isfile(path):
                     os.unlink(path)
             self.dead = Sink(self.dead_path, lazy=True,
-                              append_at=dead_size if dead_size else None)
+                             append_at=dead_size if dead_size else None)
             self._files.append(self.dead)
             self.unprocessed = Sink(self.unprocessed_path, lazy=True)
             self._files.append(self.unprocessed)
@@ -419,12 +431,11 @@ class Runner:
                 break
             if got is None:
                 break
-            lines, ends = got
-            batch = Batch(reader.lines - len(lines) + 1, start, lines, ends)
+            batch = Batch(reader.lines - len(got) + 1, start, got, reader.offset)
             if self.args.max_line_bytes is not None:
                 self._too_long(batch)
             window.append(batch)
-            self._window_records += len(lines)
+            self._window_records += len(got)
             self._window_bytes += batch.nbytes
             if self.stop.is_set():
                 break  # read but not started: saved with the window
@@ -488,7 +499,7 @@ class Runner:
 
     def _run_batch(self, batch: Batch) -> None:
         """Parse, call and encode each line of `batch` (in a worker thread)."""
-        func, encode, jsonl = self.func, self._encode, self.jsonl
+        func, encode, jsonl, decode = self.func, self._encode, self.jsonl, _json_decode
         results = batch.results
         first = batch.first_line
         settled = self.args.max_line_bytes is not None  # over-long lines: settled when read
@@ -501,18 +512,19 @@ class Runner:
                 continue
             if jsonl:
                 try:
-                    # Decoded here rather than by json.loads(bytes), whose guess of the
-                    # encoding costs as much as the parsing of a small record.
+                    # json.loads(text) without its wrapper, and decoded here rather than
+                    # by json.loads(bytes), whose guess of the encoding costs as much as
+                    # parsing a small record.
                     text = raw.decode("utf-8")
-                    record = json.loads(text)
+                    record = decode(text)
                 except UnicodeDecodeError as exc:
                     results[i] = Failed(f"invalid UTF-8: {exc}",
-                                         raw.decode("utf-8", "replace").rstrip("\r\n"), 0)
+                                        raw.decode("utf-8", "replace").rstrip("\r\n"), 0)
                     continue
-                except ValueError as exc:
+                except ValueError:
                     # Blank lines are no record; looked for only here, as they do not parse.
                     results[i] = SKIP if not raw or raw.isspace() else Failed(
-                        f"invalid JSON: {exc}", text.strip(), 0)
+                        "invalid JSON: " + _json_error(text), text.strip(), 0)
                     continue
             else:
                 record = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
@@ -526,7 +538,7 @@ class Runner:
                 ok += 1
             except BaseException as exc:
                 results[i] = Failed("cannot serialize the result: " + error_text(exc),
-                                     record, 1)
+                                    record, 1)
         batch.seconds = time.perf_counter() - started
         batch.clean = ok == len(results)
 
@@ -673,7 +685,7 @@ class Runner:
             return
         head = self.window[0] if self.window else None
         if head is not None and head.pos:
-            offset, line = head.ends[head.pos - 1], head.first_line + head.pos - 1
+            offset, line = head.end_of(head.pos), head.first_line + head.pos - 1
         elif head is not None:
             offset, line = head.start, head.first_line - 1
         else:

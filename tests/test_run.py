@@ -476,3 +476,34 @@ def test_results_are_written_as_json_dumps_writes_them(workdir: Path) -> None:
     assert dead[11]["error"].startswith("invalid JSON: Unexpected UTF-8 BOM")
     assert dead[12]["error"].startswith("invalid JSON: Expecting property name")
     assert "2 blank lines skipped" in proc.stderr
+
+
+@pytest.mark.parametrize("max_line_bytes", [None, 50])
+def test_batches_know_the_input_offset_past_each_line(tmp_path: Path,
+                                                      max_line_bytes: int | None) -> None:
+    # A checkpoint inside a batch (some of its records written) records the offset past
+    # the last written line: Batch.end_of(k), computed when needed, never per line.
+    import threading
+
+    from fastpool._run_input import LineReader
+    from fastpool._run_records import Batch
+
+    lines = [b"1", b"", b"x" * 80, b"\xff\xfe", b"[2, 3]", b"y" * 49, b"last"]
+    data = b"\n".join(lines)  # the last line without a newline
+    (tmp_path / "in").write_bytes(data)
+    ends = [data.index(b"\n", sum(len(x) + 1 for x in lines[:i])) + 1
+            for i in range(len(lines) - 1)] + [len(data)]
+    seen = 0
+    with open(tmp_path / "in", "rb") as f:
+        reader = LineReader(f, max_line_bytes)
+        while True:
+            start = reader.offset
+            got = reader.read_batch(3, threading.Event(), lambda: None)
+            if got is None:
+                break
+            batch = Batch(reader.lines - len(got) + 1, start, got, reader.offset)
+            assert batch.start == (ends[seen - 1] if seen else 0)
+            for k in range(1, len(got) + 1):
+                assert batch.end_of(k) == ends[seen + k - 1], (seen, k)
+            seen += len(got)
+    assert seen == len(lines) and reader.offset == len(data)
