@@ -344,11 +344,17 @@ class Runner:
             self.stop.set()
 
     def _check_signal(self) -> None:
-        """A signal the pool received (handle_signals) interrupts the run."""
-        if not self.stop.is_set() and self.pool is not None:
-            signum = self.pool.signal_received
-            if signum is not None:
-                self.interrupt(signum)
+        """A signal the pool received (handle_signals) interrupts the run. The pool's
+        shutdown starts at once, so the run may have stopped already, on its effect (a
+        refused submit): then the signal only names the interruption."""
+        signum = None if self.pool is None else self.pool.signal_received
+        if signum is None or self.signum:
+            return
+        if self.stop.is_set():
+            if self.internal_error is None:
+                self.signum = signum
+        else:
+            self.interrupt(signum)
 
     # -- running ---------------------------------------------------------------------
 
@@ -474,7 +480,8 @@ class Runner:
         assert self.pool is not None
         try:
             fut = self.pool.submit(self._run_batch, batch)
-        except RuntimeError:  # the pool is shut down: an interruption raced us
+        except RuntimeError:  # the pool is shut down: a signal raced us
+            self._check_signal()
             self._stopping = True
             self.stop.set()
             return
@@ -718,6 +725,7 @@ class Runner:
     def _finish(self) -> None:
         """After the loop: checkpoint, save what did not finish, close everything."""
         try:
+            self._check_signal()  # one that came while the run was ending
             interrupted = self.stop.is_set()
             # Everything before the first unfinished record is written: the last
             # checkpoint (the final one if nothing is left).

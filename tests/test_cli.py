@@ -501,3 +501,31 @@ def test_run_leaves_signals_to_its_pool_and_main_returns_their_code(
     un = (workdir / "out.jsonl.unprocessed").read_text().split()
     assert sorted(out + un, key=int) == [str(i) for i in range(1, 6)]
     assert "interrupted by SIGTERM" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_run_names_a_signal_whose_shutdown_stopped_it_first(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The pool's shutdown starts as the signal comes, so the runner may meet its effect
+    # (a refused submit) before it looks at pool.signal_received: still 128 + SIGTERM.
+    from fastpool import cli
+    from fastpool._run_input import LineReader
+
+    read_batch = LineReader.read_batch
+    calls = []
+
+    def signal_while_reading(self: LineReader, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the pool's watcher shuts it down meanwhile
+        return read_batch(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LineReader, "read_batch", signal_while_reading)
+    (workdir / "in.jsonl").write_text("".join(f'{{"i": {i}}}\n' for i in range(5)))
+    code = cli.main(["run", str(workdir / "usermod.py") + ":double", str(workdir / "in.jsonl"),
+                     "-o", str(workdir / "out.jsonl"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 128 + signal.SIGTERM, err
+    assert "interrupted by SIGTERM" in err
