@@ -1,11 +1,12 @@
-"""The benchmark cases of issue 4, shared by `benches/` (pytest-benchmark) and `fastpool bench`.
+"""fastpool's benchmark cases, shared by `benches/` (pytest-benchmark) and `fastpool bench`.
 
 Every case runs the same workload on several implementations, named in IMPLEMENTATIONS
 (plus a few references such as a bare loop), so one run yields ratios on one machine.
 A case is a context manager factory: ``with case.prepare(impl, scale) as run:`` builds
 and warms the pool (not measured), then each ``run()`` does one measured repetition and
-returns its metrics, e.g. ``{"time": 2.1}`` in the case's units. Sizes are the issue's
-times ``scale``, so the tests can run tiny versions.
+returns its metrics, e.g. ``{"time": 2.1}`` in the case's units. Sizes are the full
+sizes times ``scale``, so the tests can run tiny versions. (How `fastpool bench` shows
+the results: fastpool._bench_report.)
 
 Measurement notes:
   * Every metric is measured inside ``run()`` with ``time.perf_counter`` around the hot
@@ -212,7 +213,7 @@ class Case:
     impls: tuple[str, ...]
     prepare: Callable[[str, float], ContextManager[Runner]]
     metrics: tuple[Metric, ...]
-    target: str
+    target: str  # what the project aims for (benches/README.md); not in the report
     baseline: str = "stdlib"
     subject: str = "fastpool"
     in_subprocess: bool = False  # prepare() already starts its own process
@@ -715,7 +716,6 @@ def to_json(results: list[Result], repeat: int, scale: float) -> dict[str, Any]:
                 "higher_is_better": metric.higher_is_better,
                 "baseline": res.case.baseline,
                 "subject": res.case.subject,
-                "target": res.case.target,
                 "median": med,
                 "runs": {impl: [r[metric.key] for r in runs] for impl, runs in res.runs.items()},
                 "stopped": sorted(i for i in res.runs if res.stopped(i)),

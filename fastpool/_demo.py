@@ -1,7 +1,7 @@
 """`fastpool demo`: a tour of the main features that runs in a few seconds.
 
 First the drop-in speed-up (fastpool.ThreadPoolExecutor against concurrent.futures on
-the same job), then the production scenarios of fastpool.Pool (issue 3): a batch
+the same job), then the production scenarios of fastpool.Pool: a batch
 e-mail sender with flaky SMTP, retries and a dead-letter report; an image resizer fed
 through a bounded queue with progress; a graceful shutdown on SIGTERM with its
 ShutdownReport; and the final stats. Everything is simulated (sleeps and failures),
@@ -53,7 +53,7 @@ def _part_speed() -> None:
     _say()
 
 
-# -- the Pool scenarios (issue 3) ---------------------------------------------------------
+# -- the Pool scenarios ----------------------------------------------------------------
 
 
 class SMTPError(Exception):

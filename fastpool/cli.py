@@ -3,8 +3,8 @@
 `main(argv)` returns the exit code: 0 success, 1 some records dead-lettered (`run`),
 2 bad usage (argparse's convention; never a traceback for a user's mistake), 3 internal
 error of `run` (every unfinished record saved), 128+signal for an interrupted `run`.
-This module parses, dispatches and owns the process (signal handlers, the exit); the
-`run` engine is fastpool.run.
+This module parses, dispatches and owns the exit (only `entry()` ends the process); the
+`run` engine is fastpool.run, whose Pool handles SIGINT and SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import math
 import os
 import signal
 import sys
-import threading
 from typing import Any, Callable, NoReturn
 
 import fastpool
@@ -131,8 +130,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fastpool",
-                                     description="A fast worker pool for Python.")
+    parser = _Parser(prog="fastpool", description="A fast worker pool for Python.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -193,9 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench", help="compare fastpool with concurrent.futures on this machine",
-        description="Run the benchmark cases of fastpool's issue 4 interleaved, and print "
-                    "the median of each implementation and the ratio (> 1: fastpool is "
-                    "better). Takes a few minutes; --quick runs tiny sizes in seconds.")
+        description="Run fastpool's benchmark cases (submit, map, sleep, latency, ...) on "
+                    "fastpool and on concurrent.futures (and peers: multiprocessing's "
+                    "ThreadPool, a bare loop) interleaved, and print a table of the "
+                    "medians and the ratio per case (> 1: fastpool is better). Takes a few "
+                    "minutes; --quick runs tiny sizes in seconds.")
     bench.add_argument("--quick", action="store_true", help="tiny sizes (seconds, noisy)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument("--plot", metavar="FILE.png", help="also save a chart (needs matplotlib)")
@@ -203,12 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="interleaved repetitions; the median is reported (default 5, "
                             "3 with --quick)")
     bench.add_argument("--scale", type=_positive_float, default=None,
-                       help="problem size factor (default 1 = the issue's sizes; 0.02 "
+                       help="problem size factor (default 1 = the full sizes; 0.02 "
                             "with --quick)")
     bench.add_argument("--case", action="append", metavar="NAME",
                        help="run only this case (repeatable)")
     bench.add_argument("--fallback", action="store_true",
                        help="also run the pure-Python fallback core (fastpool-py)")
+    bench.add_argument("-v", "--verbose", action="store_true",
+                       help="print every run's metrics on stderr as it ends (default: a "
+                            "progress line on a terminal)")
     bench.set_defaults(handler=_cmd_bench, subparser=bench)
 
     demo = sub.add_parser("demo", help="a tour of the main features in a few seconds")
@@ -217,17 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def entry() -> None:
-    """The `fastpool` program: main(), then exit with its code.
-
-    A record still running past `run`'s grace period is saved (in UNPROCESSED) but its
-    worker thread would keep the interpreter from exiting: then leave at once."""
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate()
-           if t is not threading.main_thread()):
-        os._exit(code)
-    sys.exit(code)
+    """The `fastpool` program: main(), then exit with its code. (A record still running
+    past `run`'s grace period does not hold the exit: the pool abandoned its worker.)"""
+    sys.exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # a usage error found by a command
         return exc.code if isinstance(exc.code, int) else 2
     except KeyboardInterrupt:
-        # Only reached outside `run` (which handles its own signals): quiet, like Python.
+        # Outside a run's Pool (which handles SIGINT itself): quiet, like Python.
         print(file=sys.stderr)
         return 128 + signal.SIGINT
     except BrokenPipeError:
@@ -256,107 +251,40 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from . import _bench
+    from . import _bench, _bench_report
 
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             args.subparser.error("--plot needs matplotlib, which is not installed "
-                         "(pip install matplotlib)")
+                                 "(pip install matplotlib)")
     try:
         cases = _bench.available_cases(args.case)
     except ValueError as exc:
         args.subparser.error(str(exc))
     repeat = args.repeat or (3 if args.quick else 5)
     scale = args.scale or (0.02 if args.quick else 1.0)
-
-    def on_run(case: Any, impl: str, metrics: Any) -> None:
-        # Progress goes to stderr in both modes: stdout stays the table or pure JSON.
-        print(f"  {case.name:<12} {impl:<14} "
-              + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
-              file=sys.stderr, flush=True)
-
-    print(f"{_version()}; {repeat} interleaved runs, scale {scale:g}", file=sys.stderr)
-    results = _bench.run_interleaved(cases, repeat, scale, fallback=args.fallback,
-                                     on_run=on_run)
+    runs = repeat * sum(len(_bench.implementations(c, args.fallback)) for c in cases)
+    # Progress goes to stderr: stdout is the table (first thing printed) or pure JSON.
+    progress = _bench_report.Progress(runs, args.verbose)
+    if args.verbose:
+        print(f"{_version()}; {repeat} interleaved runs, scale {scale:g}", file=sys.stderr)
+    try:
+        results = _bench.run_interleaved(cases, repeat, scale, fallback=args.fallback,
+                                         on_run=progress)
+    finally:
+        progress.close()
     report = _bench.to_json(results, repeat, scale)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_table(report))
+        print(_bench_report.format_table(report))
     if args.plot:
-        _plot(report, args.plot)
+        _bench_report.plot(report, args.plot)
         if not args.json:
             print(f"chart saved to {args.plot}")
     return 0
-
-
-def _fmt(value: float | None, stopped: bool = False) -> str:
-    if value is None or value != value:
-        return "-"
-    text = f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-    return (">" if stopped else "") + text
-
-
-def _fmt_ratio(ratio: float | None) -> str:
-    if ratio is None:
-        return "-"
-    return f"{ratio:.0f}x" if ratio >= 100 else f"{ratio:.2f}x"
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """The `fastpool bench` table: one row per case and metric, medians and the ratio."""
-    header = ("case", "metric", "stdlib", "fastpool", "ratio", "target", "others")
-    rows = [header]
-    for row in report["cases"]:
-        med, stopped = row["median"], set(row["stopped"])
-        # For cases measured against another baseline (the Pool vs the bare executor)
-        # the columns still hold stdlib and fastpool; the row names its comparison.
-        name = row["case"]
-        if row["baseline"] != "stdlib" or row["subject"] != "fastpool":
-            name += f" ({row['subject']} vs {row['baseline']})"
-        others = [f"{impl}={_fmt(v, impl in stopped)}" for impl, v in med.items()
-                  if impl not in ("stdlib", "fastpool")]
-        ratio = row["ratio"]
-        rows.append((name, row["unit"], _fmt(med.get("stdlib"), "stdlib" in stopped),
-                     _fmt(med.get("fastpool"), "fastpool" in stopped),
-                     _fmt_ratio(ratio) + ("+" if stopped & {row["baseline"]} else ""),
-                     row["target"], " ".join(others)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
-    m = report["machine"]
-    lines.insert(1, "-" * len(lines[0]))
-    lines.append("")
-    lines.append(f"ratio > 1: fastpool better (baseline/fastpool for times); '>' and '+': "
-                 "the run was stopped at its cap, the true value is larger. "
-                 f"Medians of {report['repeat']} interleaved runs, scale {report['scale']:g}; "
-                 f"{m['platform']}, {m['cpus']} CPUs, {m['implementation']} {m['python']}, "
-                 f"fastpool {m['fastpool']} ({'native' if m['native'] else 'pure-Python'} core).")
-    return "\n".join(lines)
-
-
-def _plot(report: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in report["cases"] if r["ratio"]]
-    labels = [f"{r['case']}\n{r['metric']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows)), 4))
-    ax.bar(labels, [r["ratio"] for r in rows],
-           color=["tab:green" if r["ratio"] >= 1 else "tab:red" for r in rows])
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_ylabel("ratio (> 1: fastpool better)")
-    m = report["machine"]
-    ax.set_title(f"fastpool {m['fastpool']} vs baseline, {m['implementation']} {m['python']}, "
-                 f"{m['cpus']} CPUs")
-    plt.setp(ax.get_xticklabels(), fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 # -- demo ------------------------------------------------------------------------------
@@ -387,17 +315,9 @@ def _cmd_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     assert runner is not None
     if args.metrics is not None:
         args.metrics.registry.register(run.RecordCollector(runner))
-    old = {}
-    if threading.current_thread() is threading.main_thread():  # main() may run elsewhere
-        for signame in ("SIGINT", "SIGTERM"):
-            if hasattr(signal, signame):
-                sig = getattr(signal, signame)
-                old[sig] = signal.signal(sig, lambda signum, frame: runner.interrupt(signum))
     try:
-        return runner.run()
+        return runner.run()  # SIGINT and SIGTERM: the run's Pool handles them
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
         if args.metrics is not None:
             args.metrics.close()
 

@@ -1,9 +1,15 @@
 """The `fastpool run` engine: records from a file or pipe through a function on a Pool.
 
-`cli.py` parses the command line and owns the process (signal handlers, the exit);
-this module reads, runs, orders and writes the records. Every input line ends in exactly
-one place: OUT (its result), the dead-letter file (it failed for good), the unprocessed
-file (the run stopped first), or nowhere if it is blank in `jsonl`.
+`cli.py` parses the command line and owns the exit; this module checks the command's
+function and paths, then reads, runs, orders and writes the records. SIGINT and SIGTERM
+are handled by the run's Pool (`handle_signals`). Every input line ends in exactly one
+place: OUT (its result), the dead-letter file (it failed for good), the unprocessed file
+(the run stopped first), or nowhere if it is blank in `jsonl`.
+
+Its parts, a module each: `_run_input` (LineReader: the input in batches of whole
+lines), `_run_records` (Batch, and each record's outcome and its encoding), `_run_output`
+(Sink: an output file), `_run_journal` (the checkpoints `--resume` reads) and
+`_run_progress` (the progress line). The Runner below puts them together.
 
 How the work flows:
 
@@ -24,15 +30,11 @@ How the work flows:
 from __future__ import annotations
 
 import argparse
-import bisect
 import importlib
 import importlib.util
 import inspect
-import itertools
 import json
 import os
-import select
-import shutil
 import signal
 import stat
 import sys
@@ -40,9 +42,17 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from typing import IO, Any, Callable, Iterator, NamedTuple, Union
+from typing import Any, Callable
 
 import fastpool
+
+from ._run_input import Line, LineReader, LongLine, Stop
+from ._run_journal import Journal, input_identity
+from ._run_output import Sink
+from ._run_progress import Progress
+from ._run_records import (SKIP, Backoff, Batch, Failed, RetryCall, Retrying, Unserializable,
+                           encode_dead, encode_json, encode_line, error_text, pending,
+                           safe_str)
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "UsageError",
            "Runner", "RecordCollector", "load_function", "check_signature", "retry_on_names"]
@@ -53,14 +63,11 @@ EXIT_USAGE = 2       # bad arguments (one line on stderr)
 EXIT_INTERNAL = 3    # the runner itself failed; every unfinished record is in UNPROCESSED
 # interrupted: 128 + the signal (130 SIGINT, 143 SIGTERM)
 
-_CHUNK = 1 << 20               # bytes per read() of the input
 _BATCH_SECONDS = 0.002         # target run time of one batch (adaptive batch size)
 _MAX_BATCH = 512               # records per batch at most
-_MAX_BATCH_BYTES = 1 << 20     # input bytes per batch at most (past one line)
 _WINDOW_RECORDS = 1 << 16      # records read but not yet written, at most ...
 _WINDOW_BYTES = 128 << 20      # ... and their input bytes (past one in-flight window)
 _CHECKPOINT_SECONDS = 1.0      # journal cadence
-_DEAD_PREFIX = 200             # bytes of an over-long line kept in its dead letter
 
 
 class UsageError(Exception):
@@ -87,7 +94,7 @@ def load_function(target: str) -> Callable[[Any], Any]:
             spec.loader.exec_module(module)
         except Exception as exc:
             raise UsageError(f"error importing {module_name!r}: "
-                             f"{type(exc).__name__}: {_safe_str(exc)}") from None
+                             f"{type(exc).__name__}: {safe_str(exc)}") from None
     else:
         # As `python -m`: modules in the current directory are importable.
         if "" not in sys.path and os.getcwd() not in sys.path:
@@ -100,7 +107,7 @@ def load_function(target: str) -> Callable[[Any], Any]:
             raise UsageError(f"error importing {module_name!r}: {exc}") from None
         except Exception as exc:
             raise UsageError(f"error importing {module_name!r}: "
-                             f"{type(exc).__name__}: {_safe_str(exc)}") from None
+                             f"{type(exc).__name__}: {safe_str(exc)}") from None
     obj: Any = module
     for part in func_name.split("."):
         try:
@@ -138,475 +145,19 @@ def retry_on_names(text: str) -> Callable[[BaseException], bool]:
     return matches
 
 
-def _safe_str(exc: BaseException) -> str:
-    # An exception's __str__ is user code: it may raise. Never let that lose a record.
+_json_decode = json.JSONDecoder().decode  # json.loads(str) but its BOM check (_json_error)
+
+
+def _json_error(text: str) -> str:
+    """json.loads's message for a line it cannot parse (a leading BOM included)."""
     try:
+        json.loads(text)
+    except ValueError as exc:
         return str(exc)
-    except Exception as err:
-        try:
-            return f"<str() failed: {type(err).__name__}>"
-        except Exception:
-            return "<str() failed>"
+    return "not JSON"  # cannot happen: the decoder refused it
 
 
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {_safe_str(exc)}"
-
-
-def _safe_repr(obj: object) -> str:
-    try:
-        return repr(obj)
-    except Exception as err:
-        return f"<{type(obj).__name__}: repr() failed: {type(err).__name__}>"
-
-
-# -- records and outcomes --------------------------------------------------------------
-
-
-class _Failed(NamedTuple):
-    """A record's dead letter, before encoding."""
-
-    error: str
-    record: Any
-    attempts: int
-
-
-class _LongLine(bytes):
-    """The first bytes of a line over --max-line-bytes (the rest was never kept)."""
-
-    size: int = 0
-
-
-# An input line, with its newline: a bytearray when it came in several reads (grown in
-# place, so a huge line is never copied to be joined), else bytes.
-Line = Union[bytes, bytearray]
-
-_SKIP = object()  # a blank line in jsonl: no record
-# The outcome of each line of a batch, in `Batch.results`: bytes (the encoded result
-# line), _SKIP, a _Failed, a _Retrying, or None (not run: the run stopped first).
-
-_json_encode = json.JSONEncoder(ensure_ascii=False).encode
-_json_encode_ascii = json.JSONEncoder().encode
-
-
-def _encode_json(value: Any) -> bytes:
-    text = _json_encode(value)
-    try:
-        return (text + "\n").encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: \u-escaped instead, still valid JSON
-        return (_json_encode_ascii(value) + "\n").encode("ascii")
-
-
-def _encode_line(value: Any) -> bytes:
-    # surrogateescape: undecodable input bytes passed through are written back as they came.
-    return ("" if value is None else str(value)).encode("utf-8", "surrogateescape") + b"\n"
-
-
-def _encode_dead(line_no: int, failed: _Failed) -> bytes:
-    letter = {"line": line_no, "record": failed.record, "error": failed.error,
-              "attempts": failed.attempts}
-    try:
-        return (json.dumps(letter, ensure_ascii=False, default=_safe_repr) + "\n").encode()
-    except UnicodeEncodeError:  # a non-UTF-8 line of --format lines: \u-escaped
-        return (json.dumps(letter, default=_safe_repr) + "\n").encode()
-
-
-class _Retrying(NamedTuple):
-    """A record whose retries are under way, as a task of its own."""
-
-    future: Future[Any]
-    call: _RetryCall
-
-
-class _Unserializable(Exception):
-    """FUNC's result cannot be written: a failure of the record, never retried."""
-
-
-class _Backoff(Exception):
-    """The first 'attempt' of a retry task: it fails at once so that the Pool's Retry
-    waits the backoff before the real second attempt, holding no worker meanwhile."""
-
-
-class _RetryCall:
-    """A failed record's later attempts, as a task of its own."""
-
-    __slots__ = ("func", "record", "encode", "attempts", "waited")
-
-    def __init__(self, func: Callable[[Any], Any], record: Any,
-                 encode: Callable[[Any], bytes]) -> None:
-        self.func = func
-        self.record = record
-        self.encode = encode
-        self.attempts = 1  # the first ran in the batch
-        self.waited = False
-
-    def __call__(self) -> bytes:
-        if not self.waited:
-            self.waited = True
-            raise _Backoff
-        self.attempts += 1
-        value = self.func(self.record)
-        try:
-            return self.encode(value)
-        except Exception as exc:
-            raise _Unserializable("cannot serialize the result: " + _error_text(exc)) from None
-
-
-class Batch:
-    """Consecutive input lines run as one Pool task; written when all are settled."""
-
-    __slots__ = ("first_line", "start", "lines", "ends", "results", "nbytes", "future",
-                 "pos", "seconds")
-
-    def __init__(self, first_line: int, start: int, lines: list[Line],
-                 ends: list[int]) -> None:
-        self.first_line = first_line   # input line number of lines[0] (1-based)
-        self.start = start             # input offset of lines[0]
-        self.lines = lines             # raw lines, with their newline
-        self.ends = ends               # input offset just past each line
-        self.results: list[Any] = [None] * len(lines)
-        self.nbytes = ends[-1] - start
-        self.future: Future[Any] | None = None
-        self.pos = 0                   # lines[:pos] are written
-        self.seconds = 0.0             # time the batch ran, for the adaptive size
-
-
-def _pending(batch: Batch) -> bool:
-    """Whether some record of `batch` not written yet is running or waiting to."""
-    fut = batch.future
-    if fut is None:
-        return False
-    if not fut.done():
-        return True
-    return any(type(r) is _Retrying and not r.future.done()
-               for r in itertools.islice(batch.results, batch.pos, None))
-
-
-# -- input -----------------------------------------------------------------------------
-
-
-class _Stop(Exception):
-    """The reader was interrupted while waiting for input."""
-
-
-class LineReader:
-    """Reads lines from a binary file descriptor without ever losing one to a signal.
-
-    Lines are handed out without their newline. Each read is split into lines in C
-    (bytes.split); a line spread over many reads grows in place in one bytearray, so
-    reading is linear in the input whatever the line lengths. On a pipe or terminal it
-    waits with select() in short steps, so an interruption or finished results are
-    handled while no input arrives. `offset` is the input offset past the last line
-    handed out, `lines` their count.
-    """
-
-    def __init__(self, f: IO[bytes], max_line_bytes: int | None = None,
-                 offset: int = 0, lines: int = 0) -> None:
-        self._fd = f.fileno()
-        mode = os.fstat(self._fd).st_mode
-        self.regular = stat.S_ISREG(mode)
-        self._pollable = not self.regular and sys.platform != "win32"
-        if offset:
-            os.lseek(self._fd, offset, os.SEEK_SET)
-        self.offset = offset
-        self.lines = lines
-        self.torn = False
-        self._max = max_line_bytes
-        self._lines: list[Line] = []  # whole lines of the last read ...
-        self._next = 0                # ... of which _lines[_next:] are not handed out
-        # The start of a line not complete yet, grown in place (handed out as the line
-        # itself: no joining copy), or only its first bytes once it is over
-        # max_line_bytes; _part_len counts all of it.
-        self._part = bytearray()
-        self._part_len = 0
-        self._eof = False
-
-    def _read(self, stop: threading.Event, idle: Callable[[], None]) -> bytes:
-        if self._pollable:
-            while not select.select([self._fd], [], [], 0.1)[0]:
-                if stop.is_set():
-                    raise _Stop
-                idle()
-        if stop.is_set():
-            raise _Stop
-        return os.read(self._fd, _CHUNK)
-
-    def _take(self, piece: bytes) -> None:
-        """Keep `piece`, the start (or more) of an unfinished line."""
-        self._part_len += len(piece)
-        if self._max is not None and self._part_len > self._max:
-            # Over the limit: keep a prefix for the dead letter, drop the rest as it comes.
-            if len(self._part) != _DEAD_PREFIX:
-                self._part = (self._part + piece)[:_DEAD_PREFIX]
-            return
-        self._part += piece
-
-    def _complete(self, tail: bytes, newline: int) -> Line:
-        """The line made of the kept start and `tail`."""
-        size = self._part_len + len(tail) + newline
-        part, self._part, self._part_len = self._part, bytearray(), 0
-        if self._max is not None and size > self._max:
-            return _long((part + tail)[:_DEAD_PREFIX], size)
-        part += tail
-        return part
-
-    def _add(self, data: bytes) -> None:
-        """Split a read into whole lines and the start of the next one."""
-        first: Line | None = None
-        if self._part_len:
-            nl = data.find(b"\n")
-            if nl < 0:
-                self._take(data)
-                return
-            first = self._complete(data[:nl], 1)
-            data = data[nl + 1:]
-        split = data.split(b"\n")
-        tail = split.pop()
-        pieces: list[Line] = [] if first is None else [first]
-        pieces += split
-        limit = self._max
-        if limit is not None and pieces and max(map(len, pieces)) >= limit:
-            pieces = [_long(p[:_DEAD_PREFIX], len(p) + 1)
-                      if len(p) >= limit and type(p) is not _LongLine else p for p in pieces]
-        self._lines, self._next = pieces, 0
-        if tail:
-            self._take(tail)
-
-    def read_batch(self, max_lines: int, stop: threading.Event,
-                   idle: Callable[[], None]) -> tuple[list[Line], list[int]] | None:
-        """Up to `max_lines` whole lines and their end offsets; None at end of input.
-
-        Returns what one read brought rather than wait to fill the batch. Raises _Stop
-        when `stop` is set while waiting for input.
-        """
-        while self._next >= len(self._lines):
-            if self._eof:
-                if not self._part_len:
-                    return None
-                line = self._complete(b"", 0)  # the last line, without newline
-                self.lines += 1
-                self.offset += line.size if type(line) is _LongLine else len(line)
-                return [line], [self.offset]
-            data = self._read(stop, idle)
-            if data:
-                self._add(data)
-            else:
-                self._eof = True
-        start = self._next
-        batch = self._lines[start:start + max_lines]
-        sizes = [len(line) + 1 for line in batch]
-        if self._max is not None:
-            sizes = [line.size if isinstance(line, _LongLine) else n
-                     for line, n in zip(batch, sizes)]
-        ends = list(itertools.accumulate(sizes, initial=self.offset))[1:]
-        if ends[-1] - self.offset > _MAX_BATCH_BYTES and len(batch) > 1:
-            keep = max(1, bisect.bisect_right(ends, self.offset + _MAX_BATCH_BYTES))
-            del batch[keep:], ends[keep:]
-        self._next = start + len(batch)
-        self.lines += len(batch)
-        self.offset = ends[-1]
-        return batch, ends
-
-    def rest(self, deadline: float, abort: threading.Event) -> Iterator[bytes]:
-        """What is left of the input, to save, in pieces.
-
-        From a regular file, everything from the first line not handed out (re-read).
-        From a pipe, the buffered lines, then the rest of a line begun (read a byte at
-        a time, so not a byte past its newline is taken from the pipe) until `deadline`
-        or `abort`; afterwards `torn` is True when a line is left unfinished (or was
-        over --max-line-bytes: only its start was kept).
-        """
-        if self.regular:
-            os.lseek(self._fd, self.offset, os.SEEK_SET)
-            while data := os.read(self._fd, _CHUNK):
-                yield data
-            return
-        rest = self._lines[self._next:]
-        cut = (self._max is not None and self._part_len > self._max) or any(
-            type(line) is _LongLine for line in rest)
-        head = b"".join(bytes(line) + b"\n" for line in rest) + bytes(self._part)
-        self._lines, self._next, self._part, self._part_len = [], 0, bytearray(), 0
-        yield head
-        if cut:
-            self.torn = True
-            return
-        if self._eof or not head or head.endswith(b"\n"):
-            return
-        while time.monotonic() < deadline and not abort.is_set():
-            if self._pollable and not select.select([self._fd], [], [], 0.1)[0]:
-                continue
-            byte = os.read(self._fd, 1)
-            if not byte:
-                return  # end of input: a last line without newline
-            yield byte
-            if byte == b"\n":
-                return
-        self.torn = True
-
-
-def _long(prefix: bytes | bytearray, size: int) -> _LongLine:
-    line = _LongLine(prefix)
-    line.size = size
-    return line
-
-
-# -- output ----------------------------------------------------------------------------
-
-
-def _write_all(f: Any, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = f.write(view)
-        view = view[n:]
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    except OSError:  # not possible everywhere (Windows): best effort
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-class _Sink:
-    """An unbuffered binary output file, opened on first write when `lazy` (so no empty
-    dead-letter file is left behind). `size` is what is written; `count` the lines."""
-
-    def __init__(self, path: str, lazy: bool, append_at: int | None = None,
-                 stdout: bool = False) -> None:
-        self.path = path
-        self.count = 0
-        self.size = 0
-        self._f: Any = None
-        self._created = False  # its directory entry is not fsync'd yet
-        if stdout:
-            sys.stdout.flush()  # anything printed before goes first
-            self._f = open(sys.stdout.fileno(), "wb", buffering=0, closefd=False)
-            self.path = "<stdout>"
-        elif append_at is not None:
-            self._open(append_at)
-        elif not lazy:
-            self._create()
-
-    def _create(self) -> None:
-        self._f = open(self.path, "wb", buffering=0)
-        self._created = True
-
-    def _open(self, at: int) -> None:
-        if at == 0:
-            self._create()
-        else:
-            self._f = open(self.path, "r+b", buffering=0)
-            if os.fstat(self._f.fileno()).st_size < at:  # truncate() would pad with zeros
-                self._f.close()
-                raise UsageError(f"cannot resume: {self.path!r} is shorter than at its "
-                                 "last checkpoint (was it changed?)")
-            self._f.truncate(at)
-            self._f.seek(at)
-        self.size = at
-
-    def write(self, data: bytes, lines: int) -> None:
-        if not data:
-            return
-        if self._f is None:
-            self._create()
-        try:
-            _write_all(self._f, data)
-        except BaseException:
-            self._undo()
-            raise
-        self.size += len(data)
-        self.count += lines
-
-    def _undo(self) -> None:
-        # A write that failed half-way: cut the file back, so no torn record stays.
-        try:
-            if self._f.seekable():
-                self._f.truncate(self.size)
-                self._f.seek(self.size)
-        except OSError:
-            pass
-
-    def sync(self) -> None:
-        if self._f is not None and self._f.seekable():
-            os.fsync(self._f.fileno())
-            if self._created:  # a new file survives a power loss once its entry does
-                _fsync_dir(self.path)
-                self._created = False
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-
-
-class Journal:
-    """`OUT.journal`: what `--resume` needs, written beside a regular OUT.
-
-    A JSON header line (the input file's identity and the command's record-shaping
-    options), then one JSON line per checkpoint: the input offset and line number up to
-    which every record is written, and the sizes of OUT and the dead-letter file at that
-    moment, plus the counters. The last line says `"done": true` when the run ended.
-
-    A checkpoint is appended only after OUT and the dead-letter file are fsync'd, and is
-    fsync'd itself (once a second, and at the end): whatever happens after it (SIGKILL,
-    power loss) the files hold at least what it records. `--resume` cuts them back to
-    its sizes (removing a torn last line and anything written past it), seeks the input
-    to its offset and carries on, so the files end byte for byte as an uninterrupted
-    run's. A torn last journal line is ignored (it does not parse).
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._f: Any = None
-
-    @staticmethod
-    def read(path: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None, int]:
-        """(header, last checkpoint, bytes of valid lines); missing parts are None."""
-        with open(path, "rb") as f:
-            data = f.read()
-        header = last = None
-        good = 0
-        for raw in data.split(b"\n")[:-1]:  # the part after the last newline is torn
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                break
-            if not isinstance(entry, dict):
-                break
-            if header is None:
-                header = entry
-            else:
-                last = entry
-            good += len(raw) + 1
-        return header, last, good
-
-    def start(self, header: dict[str, Any], keep: int | None) -> None:
-        if keep is None:
-            self._f = open(self.path, "wb", buffering=0)
-            self.append(header)
-            _fsync_dir(self.path)
-        else:
-            self._f = open(self.path, "r+b", buffering=0)
-            self._f.truncate(keep)
-            self._f.seek(keep)
-
-    def append(self, entry: dict[str, Any]) -> None:
-        _write_all(self._f, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-
-
-def _input_identity(fd: int) -> dict[str, int]:
-    st = os.fstat(fd)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+# -- the output paths --------------------------------------------------------------------
 
 
 def _check_output_path(what: str, path: str, taken: dict[tuple[int, int], str]) -> None:
@@ -631,79 +182,6 @@ def _check_output_path(what: str, path: str, taken: dict[tuple[int, int], str]) 
         raise UsageError(f"cannot write {what}: permission denied: {path!r}")
     if stat.S_ISREG(st.st_mode):
         taken[(st.st_dev, st.st_ino)] = f"{what} {path!r}"
-
-
-# -- progress --------------------------------------------------------------------------
-
-
-class _Progress:
-    """tqdm when installed and stderr is a terminal; else one `\\r` line fitted to the
-    terminal and cleared at the end; with stderr not a terminal (and --progress) a
-    plain line every few seconds and at the end."""
-
-    def __init__(self, total_bytes: int | None, start_bytes: int) -> None:
-        self.tty = sys.stderr.isatty()
-        self._total = total_bytes
-        self._start_bytes = start_bytes
-        self._started = self._last = time.monotonic()
-        self._bar: Any = None
-        self._shown = 0
-        if self.tty:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                pass
-            else:
-                try:  # a terminal that reports no size (0 columns): tqdm shows nothing
-                    sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
-                except OSError:
-                    sized = False
-                self._bar = tqdm(total=total_bytes, initial=start_bytes, unit="B",
-                                 unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                                 desc="fastpool run", leave=False, dynamic_ncols=sized,
-                                 ncols=None if sized else shutil.get_terminal_size().columns)
-
-    def update(self, offset: int, ok: int, failed: int, pending: int,
-               final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self._last < (0.2 if self.tty else 2.0):
-            return
-        self._last = now
-        if self._bar is not None:
-            self._bar.update(offset - self._bar.n)
-            self._bar.set_postfix_str(f"{ok} ok, {failed} failed", refresh=False)
-            return
-        took = max(now - self._started, 1e-9)
-        text = "fastpool run: "  # what matters most first: a narrow terminal cuts the end
-        if self._total:
-            speed = (offset - self._start_bytes) / took
-            text += f"{min(1.0, offset / self._total):.0%}, "
-            if speed > 0 and not final:
-                text += f"ETA {_clock((self._total - offset) / speed)}, "
-        text += (f"{ok} ok, {failed} failed, {pending} in flight, "
-                 f"{(ok + failed) / took:.0f} rec/s")
-        if self.tty:
-            width = shutil.get_terminal_size().columns - 1
-            text = text[:width]
-            pad = max(0, self._shown - len(text))
-            self._shown = len(text)
-            sys.stderr.write("\r" + text + " " * pad)
-        else:
-            sys.stderr.write(text + "\n")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        elif self.tty and self._shown:
-            sys.stderr.write("\r" + " " * self._shown + "\r")  # leave a clean line
-            sys.stderr.flush()
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return (f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-            if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}")
 
 
 # -- the runner ------------------------------------------------------------------------
@@ -785,7 +263,7 @@ class Runner:
             raise UsageError("OUT, --dead-letter, --unprocessed and the journal must be "
                              "different files")
 
-        self.header = {"fastpool-run-journal": 1, "input": _input_identity(self.in_f.fileno()),
+        self.header = {"fastpool-run-journal": 1, "input": input_identity(self.in_f.fileno()),
                        "target": args.target, "format": args.format,
                        "dead_letter": os.path.abspath(self.dead_path),
                        "max_line_bytes": args.max_line_bytes}
@@ -804,8 +282,8 @@ class Runner:
                 # The journal first: a fresh run's header is on disk before OUT is cut.
                 self.journal.start(self.header, keep)
                 self._files.append(self.journal)
-            self.out = _Sink(args.output, lazy=False, stdout=to_stdout,
-                             append_at=out_size if args.resume else None)
+            self.out = Sink(args.output, lazy=False, stdout=to_stdout,
+                            append_at=out_size if args.resume else None)
             self._files.append(self.out)
             # A previous run's files would be taken for this run's: a run without
             # failures (so far, when resuming) has no dead-letter file, and the
@@ -813,13 +291,15 @@ class Runner:
             for path, kept in ((self.dead_path, dead_size), (self.unprocessed_path, 0)):
                 if not kept and os.path.isfile(path):
                     os.unlink(path)
-            self.dead = _Sink(self.dead_path, lazy=True,
-                              append_at=dead_size if dead_size else None)
+            self.dead = Sink(self.dead_path, lazy=True,
+                             append_at=dead_size if dead_size else None)
             self._files.append(self.dead)
-            self.unprocessed = _Sink(self.unprocessed_path, lazy=True)
+            self.unprocessed = Sink(self.unprocessed_path, lazy=True)
             self._files.append(self.unprocessed)
         except OSError as exc:
             raise UsageError(f"cannot open {exc.filename!r}: {exc.strerror}") from None
+        except ValueError as exc:  # a file to resume is not as its checkpoint left it
+            raise UsageError(str(exc)) from None
 
     def _read_journal(self, path: str) -> tuple[int, int, int, int, int | None]:
         try:
@@ -863,6 +343,19 @@ class Runner:
             self._stopping = True
             self.stop.set()
 
+    def _check_signal(self) -> None:
+        """A signal the pool received (handle_signals) interrupts the run. The pool's
+        shutdown starts at once, so the run may have stopped already, on its effect (a
+        refused submit): then the signal only names the interruption."""
+        signum = None if self.pool is None else self.pool.signal_received
+        if signum is None or self.signum:
+            return
+        if self.stop.is_set():
+            if self.internal_error is None:
+                self.signum = signum
+        else:
+            self.interrupt(signum)
+
     # -- running ---------------------------------------------------------------------
 
     def run(self) -> int:
@@ -878,18 +371,25 @@ class Runner:
                 lambda exc: isinstance(exc, Exception))
 
             def retry_on(exc: BaseException) -> bool:
-                return isinstance(exc, _Backoff) or (
-                    not isinstance(exc, _Unserializable) and matches(exc))
+                return isinstance(exc, Backoff) or (
+                    not isinstance(exc, Unserializable) and matches(exc))
             policy = fastpool.Retry(attempts=args.retries + 1, backoff=args.backoff,
                                     retry_on=retry_on)
         # No default retry: a batch never fails (it catches per record); only a failed
         # record's own task carries the policy.
         self.pool = pool = fastpool.Pool(args.workers, rate_limit=args.rate,
                                          name="fastpool-run")
+        if threading.current_thread() is threading.main_thread():
+            # SIGINT and SIGTERM are the pool's: the first starts its shutdown, which
+            # gives running records --grace seconds; a second cuts that short. The
+            # runner sees them through signal_received (polled between short waits)
+            # and decides the exit itself. The pool's shutdown in _finish() restores
+            # the previous handlers.
+            pool.handle_signals(timeout=args.grace, exit=False)
         if args.metrics is not None:
             args.metrics.add(pool)
         self._policy = policy
-        self._encode = _encode_json if self.jsonl else _encode_line
+        self._encode = encode_json if self.jsonl else encode_line
         self.in_flight = args.in_flight or 4 * pool.workers
         self._per_record = 0.0
         self._submitted = 0
@@ -901,14 +401,14 @@ class Runner:
         self._last_checkpoint = time.monotonic()
         self.started = time.monotonic()
         show = args.progress if args.progress is not None else sys.stderr.isatty()
-        self.progress = _Progress(self.total_bytes, self.reader.offset) if show else None
+        self.progress = Progress(self.total_bytes, self.reader.offset) if show else None
         try:
             self._loop()
         except BaseException as exc:  # a bug of ours, or a file we cannot write
             if isinstance(exc, KeyboardInterrupt):
                 self.interrupt(signal.SIGINT)
             else:
-                self.internal_error = f"{type(exc).__name__}: {_safe_str(exc)}"
+                self.internal_error = f"{type(exc).__name__}: {safe_str(exc)}"
             self._stopping = True
             self.stop.set()
         finally:
@@ -918,7 +418,10 @@ class Runner:
     def _loop(self) -> None:
         reader, window = self.reader, self.window
         wake = self._wake
-        while not self.stop.is_set():
+        while True:
+            self._check_signal()
+            if self.stop.is_set():
+                break
             # Cleared before looking: a callback setting it from now on ends the wait.
             wake.clear()
             self._write_done()
@@ -930,16 +433,15 @@ class Runner:
             start = reader.offset
             try:
                 got = reader.read_batch(self._batch_size(), self.stop, self._idle)
-            except _Stop:
+            except Stop:
                 break
             if got is None:
                 break
-            lines, ends = got
-            batch = Batch(reader.lines - len(lines) + 1, start, lines, ends)
+            batch = Batch(reader.lines - len(got) + 1, start, got, reader.offset)
             if self.args.max_line_bytes is not None:
                 self._too_long(batch)
             window.append(batch)
-            self._window_records += len(lines)
+            self._window_records += len(got)
             self._window_bytes += batch.nbytes
             if self.stop.is_set():
                 break  # read but not started: saved with the window
@@ -948,6 +450,7 @@ class Runner:
         deadline = None
         while window and not self.abort.is_set():
             wake.clear()
+            self._check_signal()
             if deadline is None and self.stop.is_set():
                 self._stop_pool()
                 # A little over the pool's own grace, so its hand-back lands first.
@@ -955,15 +458,15 @@ class Runner:
             if self._write_done():
                 continue
             if deadline is not None and (time.monotonic() >= deadline
-                                         or not any(map(_pending, window))):
+                                         or not any(map(pending, window))):
                 break  # past the grace period, or nothing left that may still finish
             wake.wait(0.1)
 
     def _too_long(self, batch: Batch) -> None:
         # Dead-lettered as they are read: their text is not kept to be run or saved.
         for i, line in enumerate(batch.lines):
-            if type(line) is _LongLine:
-                batch.results[i] = _Failed(
+            if type(line) is LongLine:
+                batch.results[i] = Failed(
                     f"line of {line.size} bytes exceeds --max-line-bytes "
                     f"{self.args.max_line_bytes}", line.decode("utf-8", "replace"), 0)
 
@@ -977,7 +480,8 @@ class Runner:
         assert self.pool is not None
         try:
             fut = self.pool.submit(self._run_batch, batch)
-        except RuntimeError:  # the pool is shut down: an interruption raced us
+        except RuntimeError:  # the pool is shut down: a signal raced us
+            self._check_signal()
             self._stopping = True
             self.stop.set()
             return
@@ -995,40 +499,39 @@ class Runner:
 
     def _idle(self) -> None:
         # The reader waits for a pipe: write what finished meanwhile.
+        self._check_signal()
         self._write_done()
 
     # -- in a worker -----------------------------------------------------------------
 
     def _run_batch(self, batch: Batch) -> None:
         """Parse, call and encode each line of `batch` (in a worker thread)."""
-        func, encode, jsonl = self.func, self._encode, self.jsonl
+        func, encode, jsonl, decode = self.func, self._encode, self.jsonl, _json_decode
         results = batch.results
         first = batch.first_line
+        settled = self.args.max_line_bytes is not None  # over-long lines: settled when read
+        ok = 0
         started = time.perf_counter()
         for i, raw in enumerate(batch.lines):
             if self._stopping:
                 break  # interrupted: start no new record; the rest stays None
-            if results[i] is not None:
-                continue  # settled when read (an over-long line)
+            if settled and results[i] is not None:
+                continue
             if jsonl:
-                if not raw or raw.isspace():  # no copy, unlike strip(): lines may be huge
-                    results[i] = _SKIP
-                    continue
                 try:
-                    # Bytes straight to json.loads (one transient decoded copy instead of
-                    # two kept ones), unless its encoding guess could be other than
-                    # UTF-8: a NUL or a BOM in the first bytes.
-                    if raw[:4].isascii() and b"\x00" not in raw[:4]:
-                        record = json.loads(raw)
-                    else:
-                        record = json.loads(raw.decode("utf-8"))
+                    # json.loads(text) without its wrapper, and decoded here rather than
+                    # by json.loads(bytes), whose guess of the encoding costs as much as
+                    # parsing a small record.
+                    text = raw.decode("utf-8")
+                    record = decode(text)
                 except UnicodeDecodeError as exc:
-                    results[i] = _Failed(f"invalid UTF-8: {exc}",
-                                         raw.decode("utf-8", "replace").rstrip("\r\n"), 0)
+                    results[i] = Failed(f"invalid UTF-8: {exc}",
+                                        raw.decode("utf-8", "replace").rstrip("\r\n"), 0)
                     continue
-                except ValueError as exc:
-                    results[i] = _Failed(f"invalid JSON: {exc}",
-                                         raw.decode("utf-8").strip(), 0)
+                except ValueError:
+                    # Blank lines are no record; looked for only here, as they do not parse.
+                    results[i] = SKIP if not raw or raw.isspace() else Failed(
+                        "invalid JSON: " + _json_error(text), text.strip(), 0)
                     continue
             else:
                 record = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
@@ -1039,22 +542,24 @@ class Runner:
                 continue
             try:
                 results[i] = encode(value)
+                ok += 1
             except BaseException as exc:
-                results[i] = _Failed("cannot serialize the result: " + _error_text(exc),
-                                     record, 1)
+                results[i] = Failed("cannot serialize the result: " + error_text(exc),
+                                    record, 1)
         batch.seconds = time.perf_counter() - started
+        batch.clean = ok == len(results)
 
     def _failed(self, record: Any, exc: BaseException, line_no: int) -> Any:
         if self._policy is None or not self._policy.should_retry(exc):
-            return _Failed(_error_text(exc), record, 1)
+            return Failed(error_text(exc), record, 1)
         assert self.pool is not None
-        call = _RetryCall(self.func, record, self._encode)
+        call = RetryCall(self.func, record, self._encode)
         try:
             fut = self.pool.schedule(call, retry=self._policy, key=line_no)
         except RuntimeError:  # shut down by an interruption: the record is unfinished
             return None
         fut.add_done_callback(self._on_retry_done)
-        return _Retrying(fut, call)
+        return Retrying(fut, call)
 
     # -- writing (main thread) -------------------------------------------------------
 
@@ -1069,7 +574,7 @@ class Runner:
                 break
             if fut.cancelled() or fut.exception() is not None:
                 if not fut.cancelled():  # _run_batch raised: a bug of ours
-                    self._internal(_error_text(fut.exception()))  # type: ignore[arg-type]
+                    self._internal(error_text(fut.exception()))  # type: ignore[arg-type]
                 break
             if batch.seconds and len(batch.lines):
                 per = batch.seconds / len(batch.lines)
@@ -1088,7 +593,7 @@ class Runner:
         self._show()
         return progressed
 
-    def _settle(self, r: _Retrying) -> Any:
+    def _settle(self, r: Retrying) -> Any:
         """A finished retry as an outcome."""
         fut = r.future
         if fut.cancelled():  # handed back by the shutdown of an interrupted run
@@ -1100,12 +605,21 @@ class Runner:
         # the dead-letter file, so the pool's copies are dropped as they come.
         assert self.pool is not None
         self.pool.dead_letters.drain()
-        text = _safe_str(exc) if isinstance(exc, _Unserializable) else _error_text(exc)
-        return _Failed(text, r.call.record, r.call.attempts)
+        text = safe_str(exc) if isinstance(exc, Unserializable) else error_text(exc)
+        return Failed(text, r.call.record, r.call.attempts)
 
     def _write_batch(self, batch: Batch) -> bool:
         """Write batch.results[pos:] up to the first unsettled one; True if all written."""
         results, lines = batch.results, batch.lines
+        if batch.clean and not batch.pos:  # the common case: one write, no record loop
+            try:
+                self.out.write(b"".join(results), len(results))
+                self.ok += len(results)
+            except Exception as exc:
+                self._save_lines(lines)
+                self._internal(f"cannot write {self.out.path!r}: " + error_text(exc))
+            batch.pos = len(results)
+            return True
         out: list[bytes] = []
         dead: list[bytes] = []
         ok = failed = blank = 0
@@ -1117,16 +631,16 @@ class Runner:
             if type(r) is bytes:
                 out.append(r)
                 ok += 1
-            elif r is _SKIP:
+            elif r is SKIP:
                 blank += 1
-            elif type(r) is _Failed:
+            elif type(r) is Failed:
                 try:
-                    dead.append(_encode_dead(batch.first_line + i, r))
+                    dead.append(encode_dead(batch.first_line + i, r))
                     failed += 1
                 except Exception as exc:  # cannot happen, but never lose the record
                     self._save_lines([lines[i]])
-                    self._internal("cannot encode a dead letter: " + _error_text(exc))
-            elif type(r) is _Retrying:
+                    self._internal("cannot encode a dead letter: " + error_text(exc))
+            elif type(r) is Retrying:
                 if not r.future.done():
                     complete = False
                     break
@@ -1143,14 +657,14 @@ class Runner:
         except Exception as exc:
             self._save_lines([lines[j] for j in range(start, i)
                               if type(results[j]) is bytes])
-            self._internal(f"cannot write {self.out.path!r}: " + _error_text(exc))
+            self._internal(f"cannot write {self.out.path!r}: " + error_text(exc))
             ok = 0
         try:
             self.dead.write(b"".join(dead), len(dead))
         except Exception as exc:
             self._save_lines([lines[j] for j in range(start, i)
-                              if type(results[j]) is _Failed])
-            self._internal(f"cannot write {self.dead.path!r}: " + _error_text(exc))
+                              if type(results[j]) is Failed])
+            self._internal(f"cannot write {self.dead.path!r}: " + error_text(exc))
             failed = 0
         self.ok += ok
         self.failed += failed
@@ -1178,7 +692,7 @@ class Runner:
             return
         head = self.window[0] if self.window else None
         if head is not None and head.pos:
-            offset, line = head.ends[head.pos - 1], head.first_line + head.pos - 1
+            offset, line = head.end_of(head.pos), head.first_line + head.pos - 1
         elif head is not None:
             offset, line = head.start, head.first_line - 1
         else:
@@ -1193,16 +707,25 @@ class Runner:
         self.journal.append(entry)
 
     def _stop_pool(self) -> None:
-        assert self.pool is not None
+        pool = self.pool
+        assert pool is not None
+
         # Queued batches are handed back at once; running ones (and waiting retries) get
-        # --grace seconds. In a thread, so the main thread keeps writing results.
-        threading.Thread(target=self.pool.shutdown, name="fastpool-run-shutdown",
-                         daemon=True, kwargs={"wait": True, "cancel_futures": True,
-                                              "timeout": self.args.grace}).start()
+        # --grace seconds. In a thread, so the main thread keeps writing results. After
+        # a signal the pool's own shutdown is under way: this one waits for it, and
+        # ends early with it on a second signal. Timed out: what still runs is
+        # abandoned, so the writer stops waiting for it.
+        def stop() -> None:
+            if pool.shutdown(wait=True, cancel_futures=True,
+                             timeout=self.args.grace).timed_out:
+                self.abort.set()
+            self._wake.set()
+        threading.Thread(target=stop, name="fastpool-run-shutdown", daemon=True).start()
 
     def _finish(self) -> None:
         """After the loop: checkpoint, save what did not finish, close everything."""
         try:
+            self._check_signal()  # one that came while the run was ending
             interrupted = self.stop.is_set()
             # Everything before the first unfinished record is written: the last
             # checkpoint (the final one if nothing is left).
@@ -1217,12 +740,16 @@ class Runner:
                 self._save_rest()
         except BaseException as exc:
             if self.internal_error is None:
-                self.internal_error = _error_text(exc)
+                self.internal_error = error_text(exc)
         finally:
             still = False
             if self.pool is not None:
+                # Records still running past the grace period are abandoned (timeout
+                # 0): interpreter exit does not wait for them. From the main thread,
+                # this also gives back the signal handlers.
                 still = self.pool.stats().running > 0
-                self.pool.shutdown(wait=not still, cancel_futures=True)
+                self.pool.shutdown(wait=True, cancel_futures=True,
+                                   timeout=0.0 if still else None)
             self.abandoned = still
             if self.progress is not None:
                 self.progress.update(self.reader.offset, self.ok, self.failed, 0, final=True)
@@ -1236,7 +763,7 @@ class Runner:
         results = batch.results
         for i in range(batch.pos, len(batch.lines)):
             r = results[i]
-            if type(r) is _Retrying:
+            if type(r) is Retrying:
                 r = self._settle(r) if r.future.done() else None
             if r is None:
                 leftovers.append(batch.lines[i])
@@ -1247,8 +774,8 @@ class Runner:
             if type(r) is bytes:
                 self.out.write(r, 1)
                 self.ok += 1
-            elif type(r) is _Failed:
-                self.dead.write(_encode_dead(batch.first_line + i, r), 1)
+            elif type(r) is Failed:
+                self.dead.write(encode_dead(batch.first_line + i, r), 1)
                 self.failed += 1
             else:
                 self.blank += 1

@@ -142,13 +142,53 @@ def test_bench_table(workdir: Path) -> None:
                         "--case", "pool-extras", cwd=workdir, timeout=120)
     assert proc.returncode == 0, proc.stderr
     header, rule, submit, extras = proc.stdout.splitlines()[:4]
-    assert header.split()[:5] == ["case", "metric", "stdlib", "fastpool", "ratio"]
+    assert header.split() == ["case", "metric", "stdlib", "fastpool", "ratio", "others"]
     assert set(rule) == {"-"}
     assert submit.startswith("submit ") and "us/task" in submit
     assert float(submit.split()[4].rstrip("x")) > 0  # the ratio column
     # The Pool row names its own baseline, the bare executor.
     assert extras.startswith("pool-extras (fastpool.Pool vs fastpool)")
     assert "medians of 1 interleaved runs" in proc.stdout.lower()
+
+
+def test_bench_speaks_to_users_and_prints_the_table_first(workdir: Path) -> None:
+    # No internal issue numbers or project targets in the help, the table or the JSON;
+    # stdout is the table alone, and stderr (not a terminal here) stays quiet unless
+    # --verbose asks for every run's metrics.
+    help_text = fastpool_cli("bench", "--help", cwd=workdir).stdout
+    assert "--verbose" in help_text
+    args = ("bench", "--quick", "--repeat", "1", "--case", "submit", "--case", "latency")
+    quiet = fastpool_cli(*args, cwd=workdir, timeout=120)
+    verbose = fastpool_cli(*args, "--verbose", cwd=workdir, timeout=120)
+    as_json = fastpool_cli(*args, "--json", cwd=workdir, timeout=120)
+    for proc in (quiet, verbose, as_json):
+        assert proc.returncode == 0, proc.stderr
+    for text in (help_text, quiet.stdout, verbose.stdout, as_json.stdout):
+        assert not re.search(r"issue|target", text, re.IGNORECASE), text
+    assert quiet.stdout.startswith("case ") and quiet.stderr == ""
+    assert verbose.stdout.startswith("case ")
+    runs = [line for line in verbose.stderr.splitlines() if line.startswith("  ")]
+    assert len(runs) == 2 * 3, verbose.stderr  # 2 cases x (stdlib, fastpool, mp.ThreadPool)
+
+
+def test_bench_chart_labels_its_bars_and_keeps_capped_ratios_apart() -> None:
+    pytest.importorskip("matplotlib")
+    from fastpool import _bench_report
+
+    def row(case: str, ratio: float, stopped: list[str]) -> dict[str, object]:
+        return {"case": case, "metric": "time", "unit": "us", "baseline": "stdlib",
+                "subject": "fastpool", "median": {"stdlib": ratio, "fastpool": 1.0},
+                "stopped": stopped, "ratio": ratio}
+
+    report = {"machine": {"platform": "p", "cpus": 2, "implementation": "CPython",
+                          "python": "3", "fastpool": "0", "native": True},
+              "repeat": 5, "scale": 1.0,
+              "cases": [row("a", 14.5, []), row("b", 0.81, []), row("c", 78000.0, ["stdlib"])]}
+    fig = _bench_report.figure(report)
+    measured, capped = fig.axes
+    assert [t.get_text() for t in measured.texts] == ["14.50x", "0.81x"]
+    assert [t.get_text() for t in capped.texts] == [">= 78000x"]
+    assert measured.get_ylim()[1] < 1000  # the capped bar does not set this scale
 
 
 def test_bench_rejects_unknown_case_and_plot_without_matplotlib(workdir: Path) -> None:
@@ -423,3 +463,69 @@ def test_run_unopenable_out_exits_2_and_closes_input(workdir: Path, capsys) -> N
     assert "cannot write OUT: no such directory" in err
     assert len(err.splitlines()) == 1, err  # one line
     assert not [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+# A FUNC that notes which SIGTERM handler is installed while records run, and on
+# record 3 sends SIGTERM to its own process.
+SIGNAL_MODULE = '''
+import os, signal
+
+def note_handler(r):
+    handler = signal.getsignal(signal.SIGTERM)
+    with open(os.path.join(os.path.dirname(__file__), "handler.txt"), "w") as f:
+        f.write(getattr(handler, "__module__", None) or repr(handler))
+    if r == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return r
+'''
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_run_leaves_signals_to_its_pool_and_main_returns_their_code(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # In-process: `run` installs no handler of its own beside Pool.handle_signals (the
+    # pool's shutdown gives --grace and a second signal cuts it short), main() returns
+    # 128 + SIGTERM rather than exiting, and the previous handler is back afterwards.
+    from fastpool import cli
+
+    (workdir / "sigmod.py").write_text(SIGNAL_MODULE)
+    (workdir / "in.jsonl").write_text("".join(f"{i}\n" for i in range(1, 6)))
+    before = signal.getsignal(signal.SIGTERM)
+    code = cli.main(["run", str(workdir / "sigmod.py") + ":note_handler",
+                     str(workdir / "in.jsonl"), "-o", str(workdir / "out.jsonl"),
+                     "--workers", "1", "--no-progress"])
+    assert code == 128 + signal.SIGTERM, capsys.readouterr().err
+    assert (workdir / "handler.txt").read_text().startswith("fastpool.pool")
+    assert signal.getsignal(signal.SIGTERM) is before
+    out = (workdir / "out.jsonl").read_text().split()
+    un = (workdir / "out.jsonl.unprocessed").read_text().split()
+    assert sorted(out + un, key=int) == [str(i) for i in range(1, 6)]
+    assert "interrupted by SIGTERM" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_run_names_a_signal_whose_shutdown_stopped_it_first(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The pool's shutdown starts as the signal comes, so the runner may meet its effect
+    # (a refused submit) before it looks at pool.signal_received: still 128 + SIGTERM.
+    from fastpool import cli
+    from fastpool._run_input import LineReader
+
+    read_batch = LineReader.read_batch
+    calls = []
+
+    def signal_while_reading(self: LineReader, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the pool's watcher shuts it down meanwhile
+        return read_batch(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LineReader, "read_batch", signal_while_reading)
+    (workdir / "in.jsonl").write_text("".join(f'{{"i": {i}}}\n' for i in range(5)))
+    code = cli.main(["run", str(workdir / "usermod.py") + ":double", str(workdir / "in.jsonl"),
+                     "-o", str(workdir / "out.jsonl"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 128 + signal.SIGTERM, err
+    assert "interrupted by SIGTERM" in err

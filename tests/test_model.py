@@ -1,7 +1,7 @@
 """Model-based test of fastpool.Pool (issue 5): hypothesis drives a pool with random
 operations -- submit, try_submit, schedule with a cancel token, cancelling tokens and
-futures, resize, join, shutdown with a timeout -- and checks the invariants of
-DESIGN.md after every step. Runs on the native core and (FASTPOOL_NO_EXTENSIONS=1) the
+futures, resize, join, shutdown with a timeout -- and checks the invariants below
+after every step. Runs on the native core and (FASTPOOL_NO_EXTENSIONS=1) the
 fallback, like the rest of the suite.
 
 Invariants checked:
@@ -136,8 +136,8 @@ class PoolModel(RuleBasedStateMachine):
         try:
             f = self.pool.schedule(work, (k, i, delay), token=token, key=i)
         except (ValueError, RuntimeError):
-            # A cancelled token may be refused at the call (DESIGN: "a cancelled token"
-            # is bad input); then nothing was accepted.
+            # A cancelled token may be refused at the call (as bad input); then nothing
+            # was accepted.
             assert cancel_now
             return
         self.records.append((f, k, i))

@@ -429,3 +429,81 @@ def test_main_returns_the_code_of_a_usage_error(workdir: Path, capsys) -> None:
     assert cli.main(["run", "x:y", str(workdir / "none.jsonl"), "--workers", "0"]) == 2
     assert cli.main(["--version"]) == 0
     capsys.readouterr()
+
+
+# -- the per-record path: results and errors as json.dumps gives them ------------------
+
+SHAPES_MODULE = '''
+def shape(r):
+    if r == "cycle":
+        x = []
+        x.append(x)
+        return x
+    if r == "set":
+        return {1}
+    if r == "surrogate":
+        return "\\ud800"
+    if r == "floats":
+        return [float("nan"), float("inf"), -0.0, 1e300, 0.1]
+    if r == "keys":
+        return {1: (True, None), 2.5: "é✓", "k": {"nested": [1, [2, [3]]]}}
+    return r
+'''
+
+
+def test_results_are_written_as_json_dumps_writes_them(workdir: Path) -> None:
+    # The runner encodes with a C encoder built once: same bytes as
+    # json.dumps(ensure_ascii=False), lone surrogates \\u-escaped, and the results it
+    # cannot encode dead-lettered with json's own message (a cycle included).
+    (workdir / "shapes.py").write_text(SHAPES_MODULE)
+    records = ["cycle", "set", "surrogate", "floats", "keys", {"plain": [1, "x"]}, "\ufeff",
+               "   "]
+    lines = [json.dumps(r) for r in records] + ["", "  \t", "\ufeff1", "{bad"]
+    (workdir / "in.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = fastpool_cli("run", "shapes:shape", "in.jsonl", "-o", "out.jsonl", cwd=workdir)
+    assert proc.returncode == 1, proc.stderr
+    expected = [json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")
+                for v in ("\ud800", [float("nan"), float("inf"), -0.0, 1e300, 0.1],
+                          {1: (True, None), 2.5: "é✓", "k": {"nested": [1, [2, [3]]]}},
+                          {"plain": [1, "x"]}, "\ufeff", "   ")]
+    expected[0] = json.dumps("\ud800").encode()  # not UTF-8: escaped
+    assert (workdir / "out.jsonl").read_bytes().splitlines() == expected
+    dead = {d["line"]: d for d in _read_jsonl(workdir / "out.jsonl.dead-letter.jsonl")}
+    assert sorted(dead) == [1, 2, 11, 12]  # lines 9 and 10 are blank: no record
+    assert dead[1]["error"] == "cannot serialize the result: ValueError: Circular reference detected"
+    assert dead[2]["error"] == ("cannot serialize the result: TypeError: Object of type set "
+                                "is not JSON serializable")
+    assert dead[11]["error"].startswith("invalid JSON: Unexpected UTF-8 BOM")
+    assert dead[12]["error"].startswith("invalid JSON: Expecting property name")
+    assert "2 blank lines skipped" in proc.stderr
+
+
+@pytest.mark.parametrize("max_line_bytes", [None, 50])
+def test_batches_know_the_input_offset_past_each_line(tmp_path: Path,
+                                                      max_line_bytes: int | None) -> None:
+    # A checkpoint inside a batch (some of its records written) records the offset past
+    # the last written line: Batch.end_of(k), computed when needed, never per line.
+    import threading
+
+    from fastpool._run_input import LineReader
+    from fastpool._run_records import Batch
+
+    lines = [b"1", b"", b"x" * 80, b"\xff\xfe", b"[2, 3]", b"y" * 49, b"last"]
+    data = b"\n".join(lines)  # the last line without a newline
+    (tmp_path / "in").write_bytes(data)
+    ends = [data.index(b"\n", sum(len(x) + 1 for x in lines[:i])) + 1
+            for i in range(len(lines) - 1)] + [len(data)]
+    seen = 0
+    with open(tmp_path / "in", "rb") as f:
+        reader = LineReader(f, max_line_bytes)
+        while True:
+            start = reader.offset
+            got = reader.read_batch(3, threading.Event(), lambda: None)
+            if got is None:
+                break
+            batch = Batch(reader.lines - len(got) + 1, start, got, reader.offset)
+            assert batch.start == (ends[seen - 1] if seen else 0)
+            for k in range(1, len(got) + 1):
+                assert batch.end_of(k) == ends[seen + k - 1], (seen, k)
+            seen += len(got)
+    assert seen == len(lines) and reader.offset == len(data)

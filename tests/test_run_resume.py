@@ -139,7 +139,13 @@ def test_signal_then_resume_equals_an_uninterrupted_run(
         workdir: Path, reference: tuple[bytes, bytes | None], signum: int) -> None:
     proc = subprocess.Popen(_cmd(4, "--grace", "0.2"), cwd=workdir, env=_env(SLOW="0.001"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    # Once records are being written (the signal handling is in place by then: a slow
+    # start-up on a loaded machine is not mistaken for a run), mid-run.
+    deadline = time.monotonic() + 60
+    while not (workdir / "out.jsonl").exists() or not (workdir / "out.jsonl").stat().st_size:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.returncode
+        time.sleep(0.01)
+    time.sleep(0.2)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, stderr
