@@ -6,7 +6,7 @@ parametrizes its `impl` argument over the case's implementations (stdlib,
 fastpool, mp.ThreadPool, references such as a bare loop), so each group shows them side
 by side: ``pytest benches --benchmark-group-by=group`` (the default grouping).
 
-Options: ``--bench-scale`` (problem size factor, default 1 = issue 4's sizes),
+Options: ``--bench-scale`` (problem size factor, default 1 = the full sizes),
 ``--bench-rounds`` (measured rounds per benchmark, default 5) and ``--bench-fallback``
 (also run the pure-Python core as ``fastpool-py``, in a helper process). Results are saved
 as JSON under benches/.results (``--benchmark-autosave`` is on by default here).
@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("fastpool benches")
     group.addoption("--bench-scale", type=float, default=1.0,
-                    help="problem size factor (default 1.0 = the sizes of issue 4)")
+                    help="problem size factor (default 1.0 = the full sizes)")
     group.addoption("--bench-rounds", type=int, default=5,
                     help="measured rounds per benchmark (default 5)")
     group.addoption("--bench-fallback", action="store_true",
