@@ -325,7 +325,6 @@ class _Signals:
 # -- the pool ----------------------------------------------------------------------------
 
 class Pool(ThreadPoolExecutor):
-    _work_queue: Any  # a core.WorkQueue
     """A production worker pool (see the module docstring and README.md).
 
     Args:
@@ -350,7 +349,16 @@ class Pool(ThreadPoolExecutor):
     Timeouts and limits take seconds as int or float; inf (or anything longer than
     the OS can time, ~292 years) means no limit, as None does; NaN, negative values,
     bools and other types are refused with ValueError/TypeError at the call.
+
+    Attributes:
+        dead_letters: a DeadLetterQueue of the tasks that failed for good under a
+            retry policy (see `dead_letter_maxlen`).
+        name, workers, min_workers, idle_timeout: as given (resize() changes `workers`).
+        token: the pool's CancelToken, cancelled when a timed shutdown gives up.
+        signal_received: the signal that started a shutdown (handle_signals()), or None.
     """
+
+    _work_queue: Any  # a core.WorkQueue
 
     def __init__(self, workers: int | None = None, *, min_workers: int | None = None,
                  idle_timeout: float | None = 60.0, queue_size: int | None = None,
@@ -359,6 +367,8 @@ class Pool(ThreadPoolExecutor):
                  initializer: Callable[..., object] | None = None,
                  initargs: tuple[Any, ...] = (), backend: Any = None,
                  dead_letter_maxlen: int | None = None) -> None:
+        """Start a pool (no thread yet: workers start as work comes). The parameters
+        are described in the class docstring."""
         dask: DaskBackend | None = None
         if backend is not None:
             dask = DaskBackend(backend)
@@ -736,10 +746,12 @@ class Pool(ThreadPoolExecutor):
 
     @property
     def min_workers(self) -> int:
+        """Workers kept alive when idle."""
         return self._min_workers
 
     @property
     def idle_timeout(self) -> float | None:
+        """Seconds an idle worker above `min_workers` waits before it exits (None: never)."""
         return self._idle_timeout
 
     @property
