@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import itertools
 import math
-import os
 import sys
 import threading
 import time

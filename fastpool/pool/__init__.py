@@ -20,6 +20,7 @@ queue and the lock before it reports.
 
 The parts, one job each (each resets itself after fork):
   _pool.py      Pool, the façade: the public methods, each handing over to a part
+  _config.py    the constructor's arguments, checked
   _state.py     PoolState: the lock, the Ledger, the phase flags shared by the parts
   _submit.py    Submitter: the slow submit path and backpressure (the fast path is
                 one native call, Pool.submit)
@@ -36,7 +37,8 @@ PoolTask.run_plain (src/_core.pyx) -> settled there, or Outcomes.task_failed.
 """
 
 from ._groups import TaskGroup
-from ._pool import MAX_QUEUE_SIZE, Pool
+from ._config import MAX_QUEUE_SIZE
+from ._pool import Pool
 from ._records import ShutdownReport, Task
 
 __all__ = ["Pool", "Task", "ShutdownReport", "TaskGroup"]

@@ -4,36 +4,29 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator,
                     NoReturn, TypeVar)
 
 from .. import _pool_map, _workers
 from .._compat import core
-from .._dask import DaskBackend  # imports no dask: see fastpool/_dask.py
 from ..cancel import CancelToken, _timeout_seconds
 from ..deadletter import DeadLetterQueue
-from ..errors import QueueFull
 from ..executor import ThreadPoolExecutor
 from ..retry import Retry
-from ..stats import Stats, percentiles
+from ..stats import Stats
+from ._config import check_config, check_workers
 from ._groups import TaskGroup
 from ._outcomes import Outcomes
-from ._pacing import pacer
 from ._records import Future, PoolTask, ShutdownReport, TaskOptions, unstart
 from ._scaling import Workers, in_worker_of
 from ._shutdown import Shutdown
-from ._signals import Signals, check_signals
-from ._state import DONE, N_QUEUED, N_RUNNING, PoolState
+from ._signals import Signals
+from ._state import DONE, PoolState
 from ._submit import Submitter
 
 _T = TypeVar("_T")
 LOGGER = logging.getLogger("fastpool")
-
-# A bounded queue allocates its slots up front (16 bytes each: 256 MiB at this size);
-# larger bounds would fail to allocate, or worse, succeed and exhaust memory later.
-MAX_QUEUE_SIZE = 1 << 24
 
 
 class _CoreHooks:
@@ -104,65 +97,31 @@ class Pool(ThreadPoolExecutor):
                  dead_letter_maxlen: int | None = None) -> None:
         """Start a pool (no thread yet: workers start as work comes). The parameters
         are described in the class docstring."""
-        dask: DaskBackend | None = None
-        if backend is not None:
-            dask = DaskBackend(backend)
-            # Both would run in the local dispatcher threads, not where the tasks run.
-            if initializer is not None:
-                raise ValueError("`initializer` cannot run on Dask workers from here: use "
-                                 "client.register_plugin() (or register_worker_callbacks)")
-            if copy_context:
-                raise ValueError("`copy_context=True` cannot carry contextvars to Dask workers")
-        if workers is None:
-            workers = (_workers.default_max_workers() if dask is None
-                       else dask.default_workers())
-        _check_workers(workers)
-        if workers > sys.maxsize:
-            raise ValueError(f"`workers` must be <= sys.maxsize, got {workers}")
-        if min_workers is None:
-            min_workers = 0
-        if isinstance(min_workers, bool) or not isinstance(min_workers, int):
-            raise TypeError(f"`min_workers` must be an int, got {min_workers!r}")
-        if not 0 <= min_workers <= workers:
-            raise ValueError(f"`min_workers` must be between 0 and workers ({workers}), "
-                             f"got {min_workers}")
-        idle_timeout = _timeout_seconds("idle_timeout", idle_timeout)
-        if queue_size is None:
-            queue_size = 0
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int):
-            raise TypeError(f"`queue_size` must be an int or None, got {queue_size!r}")
-        if queue_size < 0:
-            raise ValueError(f"`queue_size` must be >= 0, got {queue_size}")
-        if queue_size > MAX_QUEUE_SIZE:
-            raise ValueError(f"`queue_size` must be <= {MAX_QUEUE_SIZE} (None: unbounded), "
-                             f"got {queue_size}")
-        if retry is not None and not isinstance(retry, Retry):
-            raise TypeError(f"`retry` must be a Retry or None, got {retry!r}")
-        if not isinstance(name, str):
-            raise TypeError(f"`name` must be a str, got {name!r}")
-        rate = pacer(rate_limit)
+        cfg = check_config(workers, min_workers, idle_timeout, queue_size, retry, rate_limit,
+                           copy_context, name, initializer, backend)
         self.dead_letters = DeadLetterQueue(dead_letter_maxlen)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._name = name
-        self._queue_size = queue_size
-        self._retry = retry
+        self._queue_size = cfg.queue_size
+        self._retry = cfg.retry
         self._copy_context = bool(copy_context)
         # As the executor's: an empty name continues the stdlib's numbering.
         self._thread_name_prefix = name or ("ThreadPoolExecutor-%d" % self._counter())  # type: ignore[attr-defined]
         self._initializer, self._initargs = initializer, initargs
-        self._work_queue = queue = core.WorkQueue(queue_size)
-        self._state = state = PoolState(queue, workers, rate is not None or dask is not None)
+        self._work_queue = queue = core.WorkQueue(cfg.queue_size)
+        self._state = state = PoolState(queue, cfg.workers,
+                                        cfg.pacer is not None or cfg.backend is not None)
         self._threads = state.threads  # the same set (the queue reads it: bind_workers)
-        queue.bind_workers(self._threads, workers)
+        queue.bind_workers(self._threads, cfg.workers)
         # The parts, each with one job (see the package docstring).
-        self._workers = Workers(self, state, min_workers, idle_timeout,
+        self._workers = Workers(self, state, cfg.min_workers, cfg.idle_timeout,
                                 self._thread_name_prefix, initializer, initargs)
-        self._submitter = Submitter(self, state, self._workers, self._copy_context)
-        self._outcomes = Outcomes(state, name, self.dead_letters, rate, dask,
+        self._submitter = Submitter(self, state, self._workers, self._copy_context, cfg.retry)
+        self._outcomes = Outcomes(state, name, self.dead_letters, cfg.pacer, cfg.backend,
                                   self._submitter.room_made, self._workers.start_if_needed)
         self._closer = Shutdown(state, self._workers, self._outcomes)
-        self._signals = Signals()
+        self._signals = Signals(state)
         self._hooks = self._submitter.hooks = _CoreHooks(self)
         _workers.register(self)
 
@@ -219,27 +178,7 @@ class Pool(ThreadPoolExecutor):
         a CancelToken; cancelled before the task starts, the task never runs and its
         future is cancelled. `key`: an id carried into dead letters and shutdown reports.
         """
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
-        args = tuple(args)
-        if kwargs is None:
-            kwargs = {}
-        elif not isinstance(kwargs, dict):
-            raise TypeError(f"`kwargs` must be a dict or None, got {kwargs!r}")
-        timeout = _timeout_seconds("timeout", timeout)
-        deadline = _timeout_seconds("deadline", deadline)
-        if retry is None:
-            retry = self._retry
-        elif retry is False:
-            retry = None
-        elif not isinstance(retry, Retry):
-            raise TypeError(f"`retry` must be a Retry, False or None, got {retry!r}")
-        if token is not None and not isinstance(token, CancelToken):
-            raise TypeError(f"`token` must be a CancelToken or None, got {token!r}")
-        task = self._task(fn, args, kwargs, TaskOptions(key, token, deadline), retry)
-        if not self._submitter.put(task, timeout):
-            raise QueueFull(f"the queue stayed full for {timeout} s")
-        return task.future  # type: ignore[no-any-return]
+        return self._submitter.schedule(fn, args, kwargs, timeout, deadline, retry, token, key)
 
     # (_task, _put, _raise_closed, _default_buffersize: used by _pool_map, see MapHost.)
     def _task(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -257,7 +196,7 @@ class Pool(ThreadPoolExecutor):
     def resize(self, workers: int) -> None:
         """Change the maximum number of workers. Surplus workers exit when idle, or after
         the task they are running if the pool is busy; new ones start as work needs them."""
-        _check_workers(workers)
+        check_workers(workers)
         self._workers.resize(workers)
 
     def _initializer_failed(self) -> None:
@@ -293,22 +232,7 @@ class Pool(ThreadPoolExecutor):
 
     def stats(self) -> Stats:
         """A consistent snapshot of the counters, with latency percentiles."""
-        ledger = self._state.ledger
-        counts = ledger.counts()
-        bound = self._queue_size
-        if bound and counts[N_QUEUED] > bound:
-            # Tasks a worker took from a full queue but has not started (about to, or
-            # waiting for its rate-limit slot) are in a worker's hands: shown running.
-            extra = counts[N_QUEUED] - bound
-            c = list(counts)
-            c[N_QUEUED] -= extra
-            c[N_RUNNING] += extra
-            counts = tuple(c)
-        waits, runs = ledger.latencies()
-        values: tuple[Any, ...] = (len(self._threads), self._work_queue.idle_workers, *counts,
-                                   *percentiles(waits), *percentiles(runs),
-                                   self.dead_letters.dropped)
-        return Stats(*values)
+        return self._state.stats(self._queue_size, self.dead_letters.dropped)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued, running or waiting to retry; the pool stays open.
@@ -365,16 +289,7 @@ class Pool(ThreadPoolExecutor):
         handlers installed, or none. The previous handlers come back when shutdown()
         is called from the main thread (leaving a `with` block does that).
         """
-        if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("handle_signals() must be called from the main thread")
-        timeout = _timeout_seconds("timeout", timeout)
-        sigs = check_signals(signals)
-        with self._state.lock:
-            if self._state.shutdown:
-                raise RuntimeError("cannot handle signals after shutdown")
-            if self._signals.installed:
-                raise RuntimeError("handle_signals() was already called")
-        self._signals.install(self, sigs, timeout, exit, self._state.hurry)
+        self._signals.install(self, signals, timeout, exit)
 
     @property
     def signal_received(self) -> int | None:
@@ -443,13 +358,6 @@ class Pool(ThreadPoolExecutor):
                 fut.cancel()
             except BaseException:
                 LOGGER.exception("fastpool: cancelling %r after fork", fut)
-
-
-def _check_workers(workers: Any) -> None:
-    if isinstance(workers, bool) or not isinstance(workers, int):
-        raise TypeError(f"`workers` must be an int, got {workers!r}")
-    if workers < 1:
-        raise ValueError(f"`workers` must be >= 1, got {workers}")
 
 
 if TYPE_CHECKING:

@@ -10,6 +10,9 @@ import weakref
 from time import sleep
 from typing import TYPE_CHECKING, Any
 
+from ..cancel import _timeout_seconds
+from ._state import PoolState
+
 if TYPE_CHECKING:
     from ._pool import Pool
 
@@ -87,21 +90,28 @@ def check_signals(signals: Any) -> list[signal.Signals]:
 class Signals:
     """A pool's signal handling: installed by handle_signals(), ended by shutdown()."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: PoolState) -> None:
+        self._state = state
         self._received: _Received | None = None
-
-    @property
-    def installed(self) -> bool:
-        return self._received is not None
 
     @property
     def received(self) -> int | None:
         state = self._received
         return None if state is None else state.signum
 
-    def install(self, pool: Pool, sigs: list[signal.Signals], timeout: float | None,
-                exit: bool, hurry: threading.Event) -> None:
-        """Install the handlers (all, or none) and start the watcher thread."""
+    def install(self, pool: Pool, signals: Any, timeout: float | None, exit: bool) -> None:
+        """Pool.handle_signals: install the handlers (all, or none) and start the
+        watcher thread."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("handle_signals() must be called from the main thread")
+        timeout = _timeout_seconds("timeout", timeout)
+        sigs = check_signals(signals)
+        with self._state.lock:
+            if self._state.shutdown:
+                raise RuntimeError("cannot handle signals after shutdown")
+            if self._received is not None:
+                raise RuntimeError("handle_signals() was already called")
+        hurry = self._state.hurry
         state = _Received(bool(exit))
         pool_ref = weakref.ref(pool)
 

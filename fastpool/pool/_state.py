@@ -13,6 +13,7 @@ from typing import Any
 
 from .._compat import core
 from ..cancel import CancelToken
+from ..stats import Stats, percentiles
 
 # Task states (PoolTask.state) and the Ledger's counters, as the core numbers them.
 QUEUED, RUNNING, RETRY, SETTLING, DONE, ABANDONED, OVERDUE = (
@@ -68,6 +69,24 @@ class PoolState:
         # native fast path reads (closed, collecting, watch): see core.Ledger.
         self.ledger = core.Ledger(self.queue, self._slow)
         self.late: list[Any] = []
+
+    def stats(self, bound: int, dead_letters_dropped: int) -> Stats:
+        """Pool.stats(): `bound` is the queue's (0: none)."""
+        ledger = self.ledger
+        counts = ledger.counts()
+        if bound and counts[N_QUEUED] > bound:
+            # Tasks a worker took from a full queue but has not started (about to, or
+            # waiting for its rate-limit slot) are in a worker's hands: shown running.
+            extra = counts[N_QUEUED] - bound
+            c = list(counts)
+            c[N_QUEUED] -= extra
+            c[N_RUNNING] += extra
+            counts = tuple(c)
+        waits, runs = ledger.latencies()
+        values: tuple[Any, ...] = (len(self.threads), self.queue.idle_workers, *counts,
+                                   *percentiles(waits), *percentiles(runs),
+                                   dead_letters_dropped)
+        return Stats(*values)
 
     def check_idle_locked(self) -> None:
         # When someone watches: wake join()/shutdown() once idle.

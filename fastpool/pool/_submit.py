@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextvars
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn
 
 from .. import _workers
+from ..cancel import CancelToken, _timeout_seconds
+from ..errors import QueueFull
 from ..executor import BrokenThreadPool
 from ..retry import Retry
-from ._records import PoolTask, TaskOptions, cancel_future
+from ._records import Future, PoolTask, TaskOptions, cancel_future
 from ._scaling import Workers, in_worker_of
 from ._state import (DONE, N_CANCELLED, N_FAILED, N_QUEUED, N_REJECTED, OUTSIDE, PUT_CLOSED,
                      PUT_FULL, PUT_OK, PoolState, clock)
@@ -32,12 +34,39 @@ class Submitter:
     bounded queue."""
 
     def __init__(self, pool: Pool, state: PoolState, workers: Workers,
-                 copy_context: bool) -> None:
+                 copy_context: bool, retry: Retry | None) -> None:
         self._pool = pool
         self._state = state
         self._workers = workers
         self.hooks: Any = None  # what the core calls back (PoolTask.pool): set by Pool
         self._copy_context = copy_context
+        self._retry = retry  # the pool's default policy
+
+    def schedule(self, fn: Callable[..., Any], args: Iterable[Any], kwargs: dict[str, Any] | None,
+                 timeout: float | None, deadline: float | None, retry: Retry | bool | None,
+                 token: CancelToken | None, key: Any) -> Future:
+        """Pool.schedule: a task with options."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        args = tuple(args)
+        if kwargs is None:
+            kwargs = {}
+        elif not isinstance(kwargs, dict):
+            raise TypeError(f"`kwargs` must be a dict or None, got {kwargs!r}")
+        timeout = _timeout_seconds("timeout", timeout)
+        deadline = _timeout_seconds("deadline", deadline)
+        if retry is None:
+            retry = self._retry
+        elif retry is False:
+            retry = None
+        elif not isinstance(retry, Retry):
+            raise TypeError(f"`retry` must be a Retry, False or None, got {retry!r}")
+        if token is not None and not isinstance(token, CancelToken):
+            raise TypeError(f"`token` must be a CancelToken or None, got {token!r}")
+        task = self.new_task(fn, args, kwargs, TaskOptions(key, token, deadline), retry)
+        if not self.put(task, timeout):
+            raise QueueFull(f"the queue stayed full for {timeout} s")
+        return task.future  # type: ignore[no-any-return]
 
     def new_task(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                  opts: TaskOptions | None, retry: Retry | None) -> PoolTask:
