@@ -9,7 +9,7 @@ from typing import (TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iter
                     NoReturn, TypeVar)
 
 from .. import _pool_map, _workers
-from .._compat import core
+from .._pick_core import core
 from ..cancel import CancelToken, _timeout_seconds
 from ..deadletter import DeadLetterQueue
 from ..executor import ThreadPoolExecutor

@@ -7,7 +7,7 @@ from concurrent.futures import _base
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
-from .._compat import core
+from .._pick_core import core
 from ..cancel import CancelToken
 
 Future = core.Future

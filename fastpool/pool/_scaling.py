@@ -11,7 +11,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import _workers
-from .._compat import core
+from .._pick_core import core
 from ..cancel import CancelToken, _local
 from ._state import PoolState
 

@@ -11,7 +11,7 @@ import threading
 from time import monotonic
 from typing import Any
 
-from .._compat import core
+from .._pick_core import core
 from ..cancel import CancelToken
 from ..stats import Stats, percentiles
 
