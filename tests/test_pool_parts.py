@@ -59,3 +59,23 @@ def test_fork_hooks_reach_the_pool(monkeypatch):
     with fastpool.Pool(1) as pool:
         assert pool in set(_workers._owners)
         assert pool.submit(threading.get_ident).result(10)
+
+
+def test_pool_is_accepted_where_an_executor_is():
+    # Why Pool still subclasses ThreadPoolExecutor: asyncio's set_default_executor
+    # insists on one (TypeError on 3.11+ otherwise).
+    import asyncio
+    import concurrent.futures as cf
+
+    with fastpool.Pool(2, name="dflt") as pool:
+        assert isinstance(pool, cf.ThreadPoolExecutor) and isinstance(pool, cf.Executor)
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            loop.set_default_executor(pool)
+            a = await loop.run_in_executor(None, lambda: threading.current_thread().name)
+            b = await loop.run_in_executor(pool, abs, -3)
+            return a, b
+
+        name, three = asyncio.run(main())
+        assert name.startswith("dflt_") and three == 3
