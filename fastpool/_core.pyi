@@ -64,32 +64,21 @@ class MapJob(Iterator[Any]):
 
 def run_worker(queue: WorkQueue, idle_timeout: float | None = None,
                on_idle: Callable[[], bool] | None = None) -> bool: ...
+def spin_ns() -> int: ...
 
-# Pool bookkeeping (fastpool/pool.py).
-N_SUBMITTED: int
-N_QUEUED: int
-N_RUNNING: int
-N_RETRYING: int
-N_SUCCEEDED: int
-N_FAILED: int
-N_CANCELLED: int
-N_NOT_STARTED: int
-N_RETRIED: int
-N_DEAD_LETTERED: int
-N_REJECTED: int
-OUTSIDE: int
-TASK_QUEUED: int
-TASK_RUNNING: int
-TASK_RETRY: int
-TASK_SETTLING: int
-TASK_DONE: int
-TASK_ABANDONED: int
-TASK_OVERDUE: int
-PUT_OK: int
-PUT_FULL: int
-PUT_CLOSED: int
-SAMPLE_WINDOW: int
-SAMPLE_EVERY: int
+# Pool bookkeeping (fastpool/pool.py): the numbers are fastpool/_states.py's.
+from fastpool._states import (
+    N_CANCELLED as N_CANCELLED, N_COUNTERS as N_COUNTERS,
+    N_DEAD_LETTERED as N_DEAD_LETTERED, N_FAILED as N_FAILED,
+    N_NOT_STARTED as N_NOT_STARTED, N_QUEUED as N_QUEUED, N_REJECTED as N_REJECTED,
+    N_RETRIED as N_RETRIED, N_RETRYING as N_RETRYING, N_RUNNING as N_RUNNING,
+    N_SUBMITTED as N_SUBMITTED, N_SUCCEEDED as N_SUCCEEDED, OUTSIDE as OUTSIDE,
+    PUT_CLOSED as PUT_CLOSED, PUT_FULL as PUT_FULL, PUT_OK as PUT_OK,
+    SAMPLE_EVERY as SAMPLE_EVERY, SAMPLE_WINDOW as SAMPLE_WINDOW,
+    TASK_ABANDONED as TASK_ABANDONED, TASK_DONE as TASK_DONE, TASK_OVERDUE as TASK_OVERDUE,
+    TASK_QUEUED as TASK_QUEUED, TASK_RETRY as TASK_RETRY, TASK_RUNNING as TASK_RUNNING,
+    TASK_SETTLING as TASK_SETTLING,
+)
 
 def clock() -> float: ...
 

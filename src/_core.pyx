@@ -36,6 +36,19 @@ from time import monotonic
 
 from fastpool._future import worker_local
 
+# What this module exports: the same as its twin, fastpool/_py/__init__.py
+# (tests/test_core_parity.py compares them).
+__all__ = [
+    "Future", "Ledger", "MapJob", "PoolTask", "QueueClosed", "QueueEmpty", "WorkItem",
+    "WorkQueue", "clock", "run_worker", "spin_ns",
+    # The numbers, fastpool._states' (imported in core/ledger.pxi).
+    "N_CANCELLED", "N_COUNTERS", "N_DEAD_LETTERED", "N_FAILED", "N_NOT_STARTED",
+    "N_QUEUED", "N_REJECTED", "N_RETRIED", "N_RETRYING", "N_RUNNING", "N_SUBMITTED",
+    "N_SUCCEEDED", "OUTSIDE", "PUT_CLOSED", "PUT_FULL", "PUT_OK", "SAMPLE_EVERY",
+    "SAMPLE_WINDOW", "TASK_ABANDONED", "TASK_DONE", "TASK_OVERDUE", "TASK_QUEUED",
+    "TASK_RETRY", "TASK_RUNNING", "TASK_SETTLING",
+]
+
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
     # Raw C calls for map's inner loop: NULL with an exception set on error, handled there.

@@ -9,23 +9,16 @@ import time
 from typing import Any, Callable
 
 from .._future import Future
+from .._states import (N_COUNTERS, N_QUEUED, N_RETRYING, N_RUNNING, N_SUBMITTED,
+                       N_SUCCEEDED, OUTSIDE, PUT_CLOSED, PUT_FULL, PUT_OK, SAMPLE_EVERY,
+                       SAMPLE_WINDOW, TASK_DONE, TASK_QUEUED, TASK_RUNNING)
 from .queue import QueueClosed, WorkQueue
 from .worker import WorkItem
 
 
-N_SUBMITTED, N_QUEUED, N_RUNNING, N_RETRYING, N_SUCCEEDED, N_FAILED = 0, 1, 2, 3, 4, 5
-N_CANCELLED, N_NOT_STARTED, N_RETRIED, N_DEAD_LETTERED, N_REJECTED = 6, 7, 8, 9, 10
-OUTSIDE = -1
-# TASK_OVERDUE: its deadline passed (its future failed) while its call still runs;
-# it stays counted running until the call returns.
-TASK_QUEUED, TASK_RUNNING, TASK_RETRY, TASK_SETTLING, TASK_DONE, TASK_ABANDONED, \
-    TASK_OVERDUE = range(7)
-PUT_OK, PUT_FULL, PUT_CLOSED = 0, 1, 2
-SAMPLE_WINDOW = 4096
-SAMPLE_EVERY = 8
-_NCOUNT = 11
-
-clock = time.monotonic
+def clock() -> float:
+    """Seconds on the clock the latency samples use (task.t_queued)."""
+    return time.monotonic()
 
 
 class Ledger:
@@ -36,7 +29,7 @@ class Ledger:
         self.slow = bool(slow)  # every task starts through pool._run_slow
         self.running: set[Any] = set()
         self._lock = threading.Lock()
-        self._c = [0] * _NCOUNT
+        self._c = [0] * N_COUNTERS
         self._closed = self._collecting = False
         self._watch = 0
         self._room = 0
@@ -113,8 +106,8 @@ class Ledger:
                 self.running.add(task)
 
     def move(self, src: int, dst: int, extra: int = -1, task: Any = None) -> bool:
-        if not (OUTSIDE <= src < _NCOUNT and OUTSIDE <= dst < _NCOUNT
-                and -1 <= extra < _NCOUNT):
+        if not (OUTSIDE <= src < N_COUNTERS and OUTSIDE <= dst < N_COUNTERS
+                and -1 <= extra < N_COUNTERS):
             raise ValueError(f"bad counter index in move({src}, {dst}, {extra})")
         with self._lock:
             self._shift(src, dst, extra, task)
@@ -238,4 +231,5 @@ class PoolTask(WorkItem):
                 ledger._shift(N_RUNNING, N_SUCCEEDED, -1, self)
                 watch = ledger._watch > 0
             if watch:
+                # Takes the pool's lock itself (the pool's name for it says otherwise).
                 self.pool._check_idle_locked()

@@ -192,7 +192,7 @@ class WorkQueue:
             self._not_full.notify_all()
             return items
 
-    # os.register_at_fork hooks (see fastpool/_forking.py).
+    # Called by the executor's os.register_at_fork hooks (fastpool/executor.py).
     def _before_fork(self) -> None:
         self._lock.acquire()
 

@@ -13,39 +13,31 @@
 # inside the critical section, and the other workers then queue up on that lock
 # (a convoy: ~0.2 context switches per task, measured).
 
-# Counter indexes (the order of Stats' counter fields); OUTSIDE: not (or no longer)
-# submitted -- moving from it counts a submission, moving to it un-counts one.
-N_SUBMITTED, N_QUEUED, N_RUNNING, N_RETRYING, N_SUCCEEDED, N_FAILED = 0, 1, 2, 3, 4, 5
-N_CANCELLED, N_NOT_STARTED, N_RETRIED, N_DEAD_LETTERED, N_REJECTED = 6, 7, 8, 9, 10
-OUTSIDE = -1
-# Task states (PoolTask.state); see fastpool/pool.py.
-# TASK_OVERDUE: its deadline passed (its future failed) while its call still runs;
-# it stays counted running until the call returns.
-TASK_QUEUED, TASK_RUNNING, TASK_RETRY, TASK_SETTLING, TASK_DONE, TASK_ABANDONED, \
-    TASK_OVERDUE = range(7)
-# Ledger.admit()'s answers.
-PUT_OK, PUT_FULL, PUT_CLOSED = 0, 1, 2
-# Latency samples kept: the last SAMPLE_WINDOW sampled tasks; one task in
-# SAMPLE_EVERY is sampled (two clock reads).
-SAMPLE_WINDOW = 4096
-SAMPLE_EVERY = 8
+# The numbers (counter indexes, task states, admit()'s answers, sample sizes) have one
+# definition, fastpool/_states.py, shared with the pure-Python core and the Pool; this
+# module re-exports them. The hot path compares C ints: the same numbers, read once
+# here at import (c_ + the Python name).
+from fastpool._states import (
+    N_CANCELLED, N_COUNTERS, N_DEAD_LETTERED, N_FAILED, N_NOT_STARTED, N_QUEUED,
+    N_REJECTED, N_RETRIED, N_RETRYING, N_RUNNING, N_SUBMITTED, N_SUCCEEDED, OUTSIDE,
+    PUT_CLOSED, PUT_FULL, PUT_OK, SAMPLE_EVERY, SAMPLE_WINDOW, TASK_ABANDONED, TASK_DONE,
+    TASK_OVERDUE, TASK_QUEUED, TASK_RETRY, TASK_RUNNING, TASK_SETTLING)
 
-cdef enum:
-    _SUB = 0
-    _QUE = 1
-    _RUN = 2
-    _RET = 3
-    _SUC = 4
-    _NCOUNT = 11
-    _OUTSIDE = -1
-    _EVERY = 8
-    _T_QUEUED = 0
-    _T_RUNNING = 1
-    _T_DONE = 4
-    _WINDOW = 4096
-    _PUT_OK = 0
-    _PUT_FULL = 1
-    _PUT_CLOSED = 2
+cdef int c_N_SUBMITTED = N_SUBMITTED
+cdef int c_N_QUEUED = N_QUEUED
+cdef int c_N_RUNNING = N_RUNNING
+cdef int c_N_RETRYING = N_RETRYING
+cdef int c_N_SUCCEEDED = N_SUCCEEDED
+cdef int c_N_COUNTERS = N_COUNTERS
+cdef int c_OUTSIDE = OUTSIDE
+cdef int c_TASK_QUEUED = TASK_QUEUED
+cdef int c_TASK_RUNNING = TASK_RUNNING
+cdef int c_TASK_DONE = TASK_DONE
+cdef int c_PUT_OK = PUT_OK
+cdef int c_PUT_FULL = PUT_FULL
+cdef int c_PUT_CLOSED = PUT_CLOSED
+cdef unsigned long long c_SAMPLE_WINDOW = SAMPLE_WINDOW
+cdef unsigned long long c_SAMPLE_EVERY = SAMPLE_EVERY
 
 
 def clock():
@@ -56,7 +48,7 @@ def clock():
 cdef class Ledger:
     """A Pool's counters, its running tasks and its latency samples (see above)."""
 
-    cdef long long c[_NCOUNT]
+    cdef vector[long long] c         # the counters, indexed by N_*
     cdef readonly set running        # the tasks in state RUNNING
     cdef readonly WorkQueue queue
     cdef bint _closed                # submit() refuses: the pool is shut down or broken
@@ -65,19 +57,16 @@ cdef class Ledger:
     cdef int _watch                  # > 0: someone waits for the pool to be idle
     cdef int _room                   # > 0: producers wait for room in the queue
     cdef unsigned long long stamps, samples
-    cdef double wait_ring[_WINDOW]
-    cdef double run_ring[_WINDOW]
+    cdef vector[double] wait_ring    # SAMPLE_WINDOW slots each
+    cdef vector[double] run_ring
 
     def __cinit__(self, WorkQueue queue, bint slow=False):
-        cdef Py_ssize_t i
         self.queue = queue
         self.slow = slow
         self.running = set()
-        for i in range(_NCOUNT):
-            self.c[i] = 0
-        for i in range(_WINDOW):
-            self.wait_ring[i] = NAN
-            self.run_ring[i] = NAN
+        self.c.assign(c_N_COUNTERS, 0)
+        self.wait_ring.assign(c_SAMPLE_WINDOW, NAN)
+        self.run_ring.assign(c_SAMPLE_WINDOW, NAN)
 
     # -- flags (each read and written under the critical section) --
 
@@ -126,20 +115,20 @@ cdef class Ledger:
     cdef inline int _shift(self, int src, int dst, int extra, task) except -1:
         # The one state change, in the caller's critical section on self: counter src -1,
         # dst +1 (OUTSIDE: submitted), extra +1; with `task`, the running set follows.
-        if src == _OUTSIDE:
-            self.c[_SUB] += 1
+        if src == c_OUTSIDE:
+            self.c[c_N_SUBMITTED] += 1
         else:
             self.c[src] -= 1
-        if dst == _OUTSIDE:
-            self.c[_SUB] -= 1
+        if dst == c_OUTSIDE:
+            self.c[c_N_SUBMITTED] -= 1
         else:
             self.c[dst] += 1
         if extra >= 0:
             self.c[extra] += 1
         if task is not None:
-            if src == _RUN:
+            if src == c_N_RUNNING:
                 self.running.discard(task)
-            elif dst == _RUN:
+            elif dst == c_N_RUNNING:
                 self.running.add(task)
         return 0
 
@@ -148,8 +137,8 @@ cdef class Ledger:
 
         With `task`, the running set follows (leaving or entering N_RUNNING).
         Return whether someone watches for idleness (pool._check_idle)."""
-        if not (_OUTSIDE <= src < _NCOUNT and _OUTSIDE <= dst < _NCOUNT
-                and -1 <= extra < _NCOUNT):
+        if not (c_OUTSIDE <= src < c_N_COUNTERS and c_OUTSIDE <= dst < c_N_COUNTERS
+                and -1 <= extra < c_N_COUNTERS):
             raise ValueError(f"bad counter index in move({src}, {dst}, {extra})")
         with cython.critical_section(self):
             self._shift(src, dst, extra, task)
@@ -157,7 +146,7 @@ cdef class Ledger:
 
     cdef inline tuple _counts(self):
         # In the caller's critical section on self.
-        return tuple([self.c[i] for i in range(_NCOUNT)])
+        return tuple([self.c[i] for i in range(c_N_COUNTERS)])
 
     def counts(self):
         """The counters, in Stats' order, read at one instant."""
@@ -172,19 +161,20 @@ cdef class Ledger:
     def idle(self):
         """Nothing queued, running or waiting to retry."""
         with cython.critical_section(self):
-            return self.c[_QUE] == 0 and self.c[_RUN] == 0 and self.c[_RET] == 0
+            return (self.c[c_N_QUEUED] == 0 and self.c[c_N_RUNNING] == 0
+                    and self.c[c_N_RETRYING] == 0)
 
     def in_transit(self):
         """Tasks counted queued or retrying."""
         with cython.critical_section(self):
-            return self.c[_QUE] + self.c[_RET]
+            return self.c[c_N_QUEUED] + self.c[c_N_RETRYING]
 
     # -- latency samples --
 
     cdef inline bint _sampled(self) noexcept:
         cdef bint yes
         with cython.critical_section(self):
-            yes = self.stamps % _EVERY == 0
+            yes = self.stamps % c_SAMPLE_EVERY == 0
             self.stamps += 1
         return yes
 
@@ -195,7 +185,7 @@ cdef class Ledger:
     cdef inline void _sample(self, double wait, double run) noexcept:
         cdef unsigned long long i
         with cython.critical_section(self):
-            i = self.samples % _WINDOW
+            i = self.samples % c_SAMPLE_WINDOW
             self.samples += 1
             self.wait_ring[i] = wait
             self.run_ring[i] = run
@@ -207,8 +197,8 @@ cdef class Ledger:
     def latencies(self):
         """(waits, runs) of the last SAMPLE_WINDOW samples (NaN: slot never written)."""
         with cython.critical_section(self):
-            return ([self.wait_ring[i] for i in range(_WINDOW)],
-                    [self.run_ring[i] for i in range(_WINDOW)])
+            return ([self.wait_ring[i] for i in range(c_SAMPLE_WINDOW)],
+                    [self.run_ring[i] for i in range(c_SAMPLE_WINDOW)])
 
     # -- tasks --
 
@@ -219,7 +209,7 @@ cdef class Ledger:
         task.opts = opts
         task.retry = retry
         task.attempt = 1
-        task.state = _T_QUEUED
+        task.state = c_TASK_QUEUED
         task.t_queued = 0.0
         return task
 
@@ -227,30 +217,30 @@ cdef class Ledger:
         """A new, uncounted PoolTask (attempt 1, QUEUED) with a new Future."""
         return self._new_task(pool, fn, args, kwargs, opts, retry)
 
-    def admit(self, PoolTask task, int src=_OUTSIDE):
+    def admit(self, PoolTask task, int src=OUTSIDE):
         """Count and queue `task` in one step: PUT_OK, or PUT_FULL / PUT_CLOSED with
         nothing counted. `src`: OUTSIDE for a new task (refused once the ledger is
         closed), N_RETRYING for a retry going back to the queue.
 
         Counted and queued at once, a task waiting for room is in no counter: live
         `submitted` never goes back, and `queued` never counts what is not queued."""
-        if not (src == _OUTSIDE or src == _RET):
+        if not (src == c_OUTSIDE or src == c_N_RETRYING):
             raise ValueError(f"admit() moves a task from OUTSIDE or N_RETRYING, not {src}")
         return self._admit(task, src)
 
     cdef int _admit(self, PoolTask task, int src) except -1:
         cdef int st
         with cython.critical_section(self):
-            if src == _OUTSIDE and self._closed:
-                return _PUT_CLOSED
+            if src == c_OUTSIDE and self._closed:
+                return c_PUT_CLOSED
             # Counted first: the worker that takes it may move it on at once. With the
             # GIL (no Python code runs in between, and a bounded queue's try_push never
             # releases it) nobody sees the count undone when the put fails.
-            self._shift(src, _QUE, -1, None)
+            self._shift(src, c_N_QUEUED, -1, None)
             st = self.queue._try_put(task)
             if st != OK:
-                self._shift(_QUE, src, -1, None)
-        return _PUT_OK if st == OK else _PUT_FULL if st == FULL else _PUT_CLOSED
+                self._shift(c_N_QUEUED, src, -1, None)
+        return c_PUT_OK if st == OK else c_PUT_FULL if st == FULL else c_PUT_CLOSED
 
     def submit(self, pool, fn, tuple args, dict kwargs, retry):
         """The fast submit: count and queue a task without options (and start a worker
@@ -264,7 +254,7 @@ cdef class Ledger:
         task = self._new_task(pool, fn, args, kwargs, None, retry)
         if self._sampled():
             task.t_queued = c_monotonic()
-        if self._admit(task, _OUTSIDE) != _PUT_OK:
+        if self._admit(task, c_OUTSIDE) != c_PUT_OK:
             return None  # nothing counted
         # Work waiting for more workers than are idle: one more, if allowed (see
         # WorkQueue.bind_workers).
@@ -304,8 +294,8 @@ cdef class PoolTask(WorkItem):
         with cython.critical_section(ledger):
             ok = started and not ledger._collecting
             if ok:
-                self.state = _T_RUNNING
-                ledger._shift(_QUE, _RUN, -1, self)
+                self.state = c_TASK_RUNNING
+                ledger._shift(c_N_QUEUED, c_N_RUNNING, -1, self)
             room = ledger._room > 0
         if room:
             self.pool._room_made()  # taking this task made room in the queue
@@ -330,8 +320,9 @@ cdef class PoolTask(WorkItem):
             _finish(future, result, None)
         finally:
             with cython.critical_section(ledger):
-                self.state = _T_DONE
-                ledger._shift(_RUN, _SUC, -1, self)
+                self.state = c_TASK_DONE
+                ledger._shift(c_N_RUNNING, c_N_SUCCEEDED, -1, self)
                 watch = ledger._watch > 0
             if watch:
+                # Takes the pool's lock itself (the pool's name for it says otherwise).
                 self.pool._check_idle_locked()

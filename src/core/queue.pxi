@@ -266,7 +266,7 @@ cdef class WorkQueue:
         self.q.drain(items)
         return _steal_all(items)
 
-    # os.register_at_fork hooks (see fastpool/_forking.py).
+    # Called by the executor's os.register_at_fork hooks (fastpool/executor.py).
     def _before_fork(self):
         # Held until _after_fork_*: nobody blocks on it holding the GIL (fp_queue.h).
         with nogil:
