@@ -11,7 +11,7 @@ slow paths doing so under the pool's lock. The common task (no per-task options)
 submitted, run and counted by the native core without that lock (see the Ledger in
 src/_core.pyx). Futures are settled with their public methods outside that lock (they
 run done-callbacks, i.e. user code); a task whose future another thread could also
-settle (a deadline) is first claimed under the lock (SETTLING, still counted where it
+settle (a deadline) is first claimed under the lock (TASK_SETTLING, still counted where it
 was) and counted once settled. The queue is the only other owner of a task: whoever
 takes it out (a worker, or shutdown draining) moves it on. A task is in exactly one of
 queued / running / retrying / succeeded / failed / cancelled / not_started at every

@@ -3,7 +3,7 @@ succeed, fail, retry after a backoff, miss its deadline, go to the dead letters,
 handed back by shutdown. Methods named *_locked run with the pool lock held.
 
 Futures are settled with their public methods (which run the done callbacks, i.e. user
-code) *outside* the pool lock: under the lock a task is first claimed (state SETTLING,
+code) *outside* the pool lock: under the lock a task is first claimed (state TASK_SETTLING,
 still counted where it was), then settled, then committed (counters moved).
 """
 
@@ -15,6 +15,10 @@ from time import monotonic, time
 from typing import Any, Callable
 
 from .._dask import DaskBackend
+from .._states import (N_CANCELLED, N_DEAD_LETTERED, N_FAILED, N_NOT_STARTED, N_QUEUED,
+                       N_RETRIED, N_RETRYING, N_RUNNING, N_SUCCEEDED, PUT_FULL, PUT_OK,
+                       TASK_ABANDONED, TASK_DONE, TASK_OVERDUE, TASK_QUEUED, TASK_RETRY,
+                       TASK_RUNNING, TASK_SETTLING)
 from .._timer import Timer
 from ..cancel import CancelToken, _local
 from ..deadletter import DeadLetter, DeadLetterQueue
@@ -22,9 +26,7 @@ from ..errors import DeadlineExceeded
 from ..executor import BrokenThreadPool
 from ._pacing import Pacer
 from ._records import PoolTask, unstart
-from ._state import (ABANDONED, DONE, N_CANCELLED, N_DEAD_LETTERED, N_FAILED, N_NOT_STARTED,
-                     N_QUEUED, N_RETRIED, N_RETRYING, N_RUNNING, N_SUCCEEDED, OVERDUE, PUT_FULL,
-                     PUT_OK, QUEUED, RETRY, RUNNING, SETTLING, PoolState, clock)
+from ._state import PoolState, clock
 
 InvalidStateError = _base.InvalidStateError
 LOGGER = logging.getLogger("fastpool")
@@ -81,11 +83,11 @@ class Outcomes:
         if self.pacer is not None:
             self.pacer.wait_turn(fut, st.stop)
         with st.lock:
-            if task.state != QUEUED:
+            if task.state != TASK_QUEUED:
                 return  # settled while it waited (deadline)
             run = not ledger.collecting and fut.set_running_or_notify_cancel()
             if run:
-                task.state = RUNNING
+                task.state = TASK_RUNNING
                 ledger.move(N_QUEUED, N_RUNNING, -1, task)
             else:
                 abandoned = self._count_not_run_locked(task, False)
@@ -150,7 +152,7 @@ class Outcomes:
         if st.ledger.collecting:
             abandoned = self.abandon_locked(task, N_QUEUED)
         else:
-            task.state = DONE
+            task.state = TASK_DONE
             st.ledger.move(N_QUEUED, N_CANCELLED)
             abandoned = False
         if st.ledger.watch:
@@ -162,19 +164,19 @@ class Outcomes:
     def _rescue(self, task: PoolTask, exc: BaseException, settling: int) -> None:
         """An error inside the pool's own handling of `task` (a bug, or user code the
         pool calls there: a retry predicate): fail the task with it rather than lose it.
-        `settling`: the counter a task claimed (SETTLING) by the failing code is in."""
+        `settling`: the counter a task claimed (TASK_SETTLING) by the failing code is in."""
         try:
             LOGGER.error("fastpool: internal error handling a task of %s", self._name,
                          exc_info=exc)
         except BaseException:
             pass
-        src = {QUEUED: N_QUEUED, RUNNING: N_RUNNING, OVERDUE: N_RUNNING, RETRY: N_RETRYING,
-               SETTLING: settling}
+        src = {TASK_QUEUED: N_QUEUED, TASK_RUNNING: N_RUNNING, TASK_OVERDUE: N_RUNNING, TASK_RETRY: N_RETRYING,
+               TASK_SETTLING: settling}
         st = self._state
         with st.lock:
             where = src.get(task.state)
             if where is not None:
-                task.state = DONE
+                task.state = TASK_DONE
                 if st.ledger.move(where, N_FAILED, -1, task):
                     st.check_idle_locked()
         fut = task.future
@@ -185,17 +187,17 @@ class Outcomes:
                 pass
 
     def _claim_finished(self, task: PoolTask) -> bool:
-        """The task's call returned: claim it (SETTLING) to settle it here; False if
+        """The task's call returned: claim it (TASK_SETTLING) to settle it here; False if
         its deadline settled its future meanwhile (then it is counted failed now)."""
         with self._state.lock:
             state = task.state
-            if state == RUNNING:
-                task.state = SETTLING
+            if state == TASK_RUNNING:
+                task.state = TASK_SETTLING
                 return True
-        if state == OVERDUE:
+        if state == TASK_OVERDUE:
             # The deadline failed the future (and wrote the dead letter); the worker is
             # free only now, so only now does the task stop counting as running.
-            self._commit(task, RUNNING, error=task.opts.overdue, dead_lettered=True)
+            self._commit(task, TASK_RUNNING, error=task.opts.overdue, dead_lettered=True)
         return False
 
     def _task_succeeded(self, task: PoolTask, result: Any) -> None:
@@ -213,7 +215,7 @@ class Outcomes:
                     self._cleanup(task)
                 st = self._state
                 with st.lock:
-                    task.state = DONE
+                    task.state = TASK_DONE
                     if st.ledger.move(N_RUNNING, N_SUCCEEDED, -1, task):
                         st.check_idle_locked()
         except BaseException as exc:
@@ -240,7 +242,7 @@ class Outcomes:
             try:
                 fut.cancel()
             finally:
-                self._commit(task, RUNNING, cancelled=True)
+                self._commit(task, TASK_RUNNING, cancelled=True)
             return
         retry = task.retry
         if (retry is not None and task.attempt < retry.attempts and not run_token.cancelled
@@ -248,7 +250,7 @@ class Outcomes:
             delay = retry.delay(task.attempt)
             with st.lock:
                 if not st.ledger.collecting:
-                    task.state = RETRY
+                    task.state = TASK_RETRY
                     unstart(fut)
                     task.attempt += 1
                     st.ledger.move(N_RUNNING, N_RETRYING, N_RETRIED, task)
@@ -267,17 +269,17 @@ class Outcomes:
         except InvalidStateError:
             pass
         finally:
-            self._commit(task, RUNNING, error=exc, dead_lettered=dead)
+            self._commit(task, TASK_RUNNING, error=exc, dead_lettered=dead)
 
     def _commit(self, task: PoolTask, was: int, error: BaseException | None = None,
                 cancelled: bool = False, dead_lettered: bool = False) -> None:
         """Count a settled task: it leaves state `was` for failed or cancelled."""
         if task.opts is not None:
             self._cleanup(task)  # before it is counted (see _task_succeeded)
-        src = N_RUNNING if was == RUNNING else N_RETRYING if was == RETRY else N_QUEUED
+        src = N_RUNNING if was == TASK_RUNNING else N_RETRYING if was == TASK_RETRY else N_QUEUED
         st = self._state
         with st.lock:
-            task.state = DONE
+            task.state = TASK_DONE
             extra = -1
             if cancelled:
                 dst = N_CANCELLED
@@ -320,23 +322,23 @@ class Outcomes:
         fut = task.future
         ledger = st.ledger
         with st.lock:
-            if task.state != RETRY:
+            if task.state != TASK_RETRY:
                 return
             abandoned = requeue = False
             if fut.cancelled():
-                task.state = DONE  # its caller cancelled it while it waited
+                task.state = TASK_DONE  # its caller cancelled it while it waited
                 ledger.move(N_RETRYING, N_CANCELLED)
             elif ledger.collecting:
                 abandoned = self.abandon_locked(task, N_RETRYING)
             else:
-                # QUEUED before it is in the queue: a worker may take it at once.
-                task.state = QUEUED
+                # TASK_QUEUED before it is in the queue: a worker may take it at once.
+                task.state = TASK_QUEUED
                 task.t_queued = clock()
                 put = ledger.admit(task, N_RETRYING)  # counted queued as it is queued
                 if put == PUT_OK:
                     requeue = True
                 else:
-                    task.state = RETRY
+                    task.state = TASK_RETRY
                     if put == PUT_FULL:
                         # Try again shortly, without blocking the timer thread.
                         self.timer.call_at(monotonic() + _REQUEUE_DELAY, self.retry_due,
@@ -358,8 +360,8 @@ class Outcomes:
         try:
             self._overdue(task, seen)
         except BaseException as exc:
-            was = seen[0] if seen else RUNNING
-            self._rescue(task, exc, {RETRY: N_RETRYING, QUEUED: N_QUEUED}.get(was, N_RUNNING))
+            was = seen[0] if seen else TASK_RUNNING
+            self._rescue(task, exc, {TASK_RETRY: N_RETRYING, TASK_QUEUED: N_QUEUED}.get(was, N_RUNNING))
 
     def _overdue(self, task: PoolTask, seen: list[int]) -> None:
         opts = task.opts
@@ -368,20 +370,20 @@ class Outcomes:
         with self._state.lock:
             was = task.state
             seen.append(was)
-            if was != RUNNING and was != RETRY and was != QUEUED:
+            if was != TASK_RUNNING and was != TASK_RETRY and was != TASK_QUEUED:
                 return
             opts.deadline_timer = None
-            if was == RUNNING:
+            if was == TASK_RUNNING:
                 # A deadline ends the wait on a task; it cannot stop the thread running
                 # it. The future fails now, but the task stays counted (and reported)
                 # running, its worker busy, until its call returns (_claim_finished).
-                task.state = OVERDUE
+                task.state = TASK_OVERDUE
                 opts.overdue = exc
                 if task.retry is not None:
                     self._dead_letter_locked(task, exc)  # before the future fails
             else:
-                task.state = SETTLING  # a queued retry stays in the queue: workers skip it
-        if was == RUNNING:
+                task.state = TASK_SETTLING  # a queued retry stays in the queue: workers skip it
+        if was == TASK_RUNNING:
             try:
                 task.future.set_exception(exc)
             except InvalidStateError:
@@ -409,10 +411,10 @@ class Outcomes:
         released (see _drop)."""
         ledger = self._state.ledger
         if task.future.cancelled():
-            task.state = DONE
+            task.state = TASK_DONE
             ledger.move(src, N_CANCELLED)
             return False
-        task.state = ABANDONED
+        task.state = TASK_ABANDONED
         ledger.move(src, N_NOT_STARTED)
         self._state.late.append(task)
         return True
@@ -434,9 +436,9 @@ class Outcomes:
         the tasks not started yet, each with the counter it is in."""
         taken = []
         for task in items + self.timer.drain(self.retry_due):
-            if task.state == QUEUED:
+            if task.state == TASK_QUEUED:
                 taken.append((task, N_QUEUED))
-            elif task.state == RETRY:
+            elif task.state == TASK_RETRY:
                 taken.append((task, N_RETRYING))
         return taken
 
@@ -453,7 +455,7 @@ class Outcomes:
         failed = []
         with st.lock:
             for task, src in self.take_unstarted_locked(items):
-                task.state = DONE
+                task.state = TASK_DONE
                 if task.future.cancelled():
                     st.ledger.move(src, N_CANCELLED)
                 else:

@@ -10,6 +10,7 @@ from typing import (TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iter
 
 from .. import _pool_map, _workers
 from .._pick_core import core
+from .._states import TASK_DONE
 from ..cancel import CancelToken, _timeout_seconds
 from ..deadletter import DeadLetterQueue
 from ..executor import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from ._records import Future, PoolTask, ShutdownReport, TaskOptions, unstart
 from ._scaling import Workers, in_worker_of
 from ._shutdown import Shutdown
 from ._signals import Signals
-from ._state import DONE, PoolState
+from ._state import PoolState
 from ._submit import Submitter
 
 _T = TypeVar("_T")
@@ -352,7 +353,7 @@ class Pool(ThreadPoolExecutor):
         for task in tasks:
             fut = task.future
             _workers.reset_future_after_fork(fut)
-            task.state = DONE
+            task.state = TASK_DONE
             unstart(fut)
             try:
                 fut.cancel()

@@ -73,7 +73,7 @@ class TaskOptions:
         self.run_token: CancelToken | None = None
         self.deadline_timer: list[Any] | None = None  # the timer entry of the deadline
         self.token_hook: int | None = None  # our callback on the caller's token
-        self.overdue: BaseException | None = None  # the DeadlineExceeded of an OVERDUE task
+        self.overdue: BaseException | None = None  # the DeadlineExceeded of a TASK_OVERDUE task
 
 
 def record(task: PoolTask, running: bool) -> Task:

@@ -7,10 +7,11 @@ import logging
 import threading
 from time import monotonic
 
+from .._states import N_CANCELLED, N_FAILED, N_SUCCEEDED
 from ._outcomes import Outcomes
 from ._records import ShutdownReport, Task, record
 from ._scaling import Workers
-from ._state import N_CANCELLED, N_FAILED, N_SUCCEEDED, PoolState
+from ._state import PoolState
 
 LOGGER = logging.getLogger("fastpool")
 

@@ -12,19 +12,10 @@ from time import monotonic
 from typing import Any
 
 from .._pick_core import core
+from .._states import N_QUEUED, N_RUNNING
 from ..cancel import CancelToken
 from ..stats import Stats, percentiles
 
-# Task states (PoolTask.state) and the Ledger's counters, as the core numbers them.
-QUEUED, RUNNING, RETRY, SETTLING, DONE, ABANDONED, OVERDUE = (
-    core.TASK_QUEUED, core.TASK_RUNNING, core.TASK_RETRY, core.TASK_SETTLING, core.TASK_DONE,
-    core.TASK_ABANDONED, core.TASK_OVERDUE)
-OUTSIDE, N_QUEUED, N_RUNNING = core.OUTSIDE, core.N_QUEUED, core.N_RUNNING  # OUTSIDE: not submitted
-N_RETRYING = core.N_RETRYING
-N_SUCCEEDED, N_FAILED, N_CANCELLED = core.N_SUCCEEDED, core.N_FAILED, core.N_CANCELLED
-N_NOT_STARTED, N_RETRIED = core.N_NOT_STARTED, core.N_RETRIED
-N_DEAD_LETTERED, N_REJECTED = core.N_DEAD_LETTERED, core.N_REJECTED
-PUT_OK, PUT_FULL, PUT_CLOSED = core.PUT_OK, core.PUT_FULL, core.PUT_CLOSED
 clock = core.clock  # the clock of the latency samples (PoolTask.t_queued)
 
 

@@ -8,14 +8,15 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn
 
 from .. import _workers
+from .._states import (N_CANCELLED, N_FAILED, N_QUEUED, N_REJECTED, OUTSIDE, PUT_CLOSED,
+                       PUT_FULL, PUT_OK, TASK_DONE)
 from ..cancel import CancelToken, _timeout_seconds
 from ..errors import QueueFull
 from ..executor import BrokenThreadPool
 from ..retry import Retry
 from ._records import Future, PoolTask, TaskOptions, cancel_future
 from ._scaling import Workers, in_worker_of
-from ._state import (DONE, N_CANCELLED, N_FAILED, N_QUEUED, N_REJECTED, OUTSIDE, PUT_CLOSED,
-                     PUT_FULL, PUT_OK, PoolState, clock)
+from ._state import PoolState, clock
 
 if TYPE_CHECKING:
     from ._pool import Pool
@@ -103,7 +104,7 @@ class Submitter:
                     with st.lock:
                         if not ledger.closed:
                             ledger.move(OUTSIDE, N_CANCELLED)
-                            task.state = DONE
+                            task.state = TASK_DONE
                             put = PUT_OK
                     if put == PUT_OK:
                         task.future.cancel()
@@ -176,7 +177,7 @@ class Submitter:
     @staticmethod
     def unhook(task: PoolTask) -> None:
         # A task that was not accepted: drop its hook on the caller's token.
-        task.state = DONE
+        task.state = TASK_DONE
         opts = task.opts
         if opts is not None and opts.token_hook is not None:
             opts.token.remove_callback(opts.token_hook)
@@ -191,7 +192,7 @@ class Submitter:
             if not st.broken or st.shutdown or _workers._shutdown:
                 return False
             st.ledger.move(OUTSIDE, N_FAILED)
-            task.state = DONE
+            task.state = TASK_DONE
         task.future.set_exception(BrokenThreadPool(st.broken))
         return True
 
