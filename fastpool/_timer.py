@@ -93,6 +93,13 @@ class Timer:
                 heapq.heapify(self._heap)
             return [e[3] for e in taken]
 
+    def forget_after_fork(self) -> list[Any]:
+        """In a forked child: forget every pending call (they belong to the parent's
+        threads); return their args."""
+        heap, self._heap = self._heap, []
+        self._cancelled = 0
+        return [e[3] for e in heap if e[2] is not None]
+
     def stop(self) -> None:
         """Let the thread exit as soon as no call is pending (a later call_at() still
         works: it starts a thread again)."""

@@ -90,6 +90,16 @@ class CancelToken:
             self._timer_entry = _timer.call_at(monotonic() + seconds, _expire,
                                                weakref.ref(self))
 
+    def _reset_after_fork(self) -> None:
+        # In a forked child: a lock another thread held at fork time would stay locked,
+        # and that thread's waits are gone with it.
+        self._lock = threading.Lock()
+        event = self._event
+        if event is not None:
+            self._event = threading.Event()
+            if event.is_set():
+                self._event.set()
+
     @classmethod
     def _any(cls, *parents: CancelToken | None) -> CancelToken:
         """A token cancelled when any of `parents` is (the pool's and a caller's)."""

@@ -40,6 +40,10 @@ class DeadLetterQueue:
         self._cond = threading.Condition(threading.Lock())
         self.dropped = 0
 
+    def _reset_after_fork(self) -> None:
+        # In a forked child: a lock another thread held at fork time would stay locked.
+        self._cond = threading.Condition(threading.Lock())
+
     def put(self, letter: DeadLetter) -> None:
         with self._cond:
             if self._maxlen is not None and len(self._items) >= self._maxlen:

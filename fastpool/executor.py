@@ -10,15 +10,15 @@ from __future__ import annotations
 import collections
 import itertools
 import math
-import os
 import sys
 import threading
 import time
 import weakref
 from concurrent.futures import _base
 from concurrent.futures import thread as _thread
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NoReturn
 
+from . import _workers
 from ._pick_core import core
 from ._future import worker_local
 
@@ -29,60 +29,11 @@ Future = core.Future
 WorkItem = core.WorkItem
 QueueClosed = core.QueueClosed
 
-# Interpreter shutdown, as in the stdlib: once it has begun no new work is accepted,
-# queued work still runs, and the worker threads are joined before threading's own
-# shutdown. threading._register_atexit (not atexit) runs early enough for that; see
-# bpo-39812 for why the stdlib made the same choice.
-_shutdown = False
-_global_shutdown_lock = threading.Lock()
-_threads_queues: weakref.WeakKeyDictionary[threading.Thread, Any] = weakref.WeakKeyDictionary()
-# Every live executor, for the fork hooks below.
-_executors: weakref.WeakSet[ThreadPoolExecutor] = weakref.WeakSet()
-
-
-def _python_exit() -> None:
-    global _shutdown
-    with _global_shutdown_lock:
-        _shutdown = True
-    items = list(_threads_queues.items())
-    for _, q in items:
-        q.close()
-    for t, _ in items:
-        t.join()
-
-
-threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
-
-
-def _before_fork() -> None:
-    _global_shutdown_lock.acquire()
-    for ex in list(_executors):
-        ex._work_queue._before_fork()
-
-
-def _after_fork_parent() -> None:
-    for ex in list(_executors):
-        ex._work_queue._after_fork_parent()
-    _global_shutdown_lock.release()
-
-
-def _after_fork_child() -> None:
-    global _global_shutdown_lock
-    _global_shutdown_lock = threading.Lock()
-    _threads_queues.clear()
-    for ex in list(_executors):
-        ex._after_fork_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent,
-                        after_in_child=_after_fork_child)
-
-
-def _default_max_workers() -> int:
-    # As the running stdlib: process_cpu_count() (3.13+) honours CPU affinity.
-    count = getattr(os, "process_cpu_count", os.cpu_count)()
-    return min(32, (count or 1) + 4)
+# Interpreter exit, fork hooks, default sizes, initializer: shared with Pool.
+# (`_threads_queues`: the name tests and tools know, the same dict.)
+_threads_queues = _workers.threads_queues
+_default_max_workers = _workers.default_max_workers
+_initialize_worker = _workers.initialize_worker
 
 
 def _worker_limit(max_workers: Any) -> int:
@@ -166,34 +117,16 @@ def _result_or_cancel(fut: Any, timeout: float | None = None) -> Any:
         del fut
 
 
-def _initialize_worker(owner_reference: weakref.ref[Any],
-                       initializer: Callable[..., object] | None,
-                       initargs: tuple[Any, ...]) -> bool:
-    """Run a new worker's initializer; if it fails, break the owner pool (as the stdlib
-    does) and return False: the worker must then exit."""
-    worker_local.active = True
-    if initializer is not None:
-        try:
-            initializer(*initargs)
-        except BaseException:
-            _base.LOGGER.critical("Exception in initializer:", exc_info=True)
-            owner = owner_reference()
-            if owner is not None:
-                owner._initializer_failed()
-            return False
-    return True
-
-
 def _worker(executor_reference: weakref.ref[ThreadPoolExecutor], work_queue: Any,
             initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
             context: Any = None) -> None:
     if context is None:
-        if _initialize_worker(executor_reference, initializer, initargs):
+        if _workers.initialize_worker(executor_reference, initializer, initargs):
             core.run_worker(work_queue)
         return
     # A worker context from 3.14's prepare_context hook (InterpreterPoolExecutor's runs
     # each task in the worker's own interpreter): set up, used and finalized as the stdlib.
-    if not _initialize_worker(executor_reference, context.initialize, ()):
+    if not _workers.initialize_worker(executor_reference, context.initialize, ()):
         return
     worker_local.context = context
     try:
@@ -250,7 +183,7 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
                initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
                ctxkwargs: dict[str, Any] | None) -> None:
         if max_workers is None:
-            max_workers = _default_max_workers()
+            max_workers = _workers.default_max_workers()
         if max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if ctxkwargs is None:
@@ -279,7 +212,7 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         self._initargs = initargs
         # Live map() jobs, so shutdown(cancel_futures=True) can cancel their unstarted items.
         self._map_jobs: weakref.WeakSet[Any] = weakref.WeakSet()
-        _executors.add(self)
+        _workers.register(self)
 
     __init__.__doc__ = _thread.ThreadPoolExecutor.__init__.__doc__
 
@@ -309,15 +242,12 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         # No lock on this path: shutdown closes the queue after setting the flags, so a
         # put that fails tells us which error to raise, and one that succeeds is run.
         q = self._work_queue
-        # Start a worker unless an idle one is left for this item. qsize is read before
-        # idle_workers: with a core that drops a worker from idle_workers before its item
-        # leaves qsize, this order can over-count the need (harmless), never under-count
-        # it (a second task queued behind a busy worker that still looked idle).
-        # Workers start before the item is queued, so that when none can start at all
-        # (out of OS threads) submit raises instead of queueing work nobody will run.
+        # Start a worker unless an idle one is left for this item -- before the item is
+        # queued, so that when none can start at all (out of OS threads) submit raises
+        # instead of queueing work nobody will run.
         started = False
         n = len(self._threads)
-        if q.qsize() >= q.idle_workers and n < self._max_workers:
+        if _workers.needs_worker(q, self._threads, self._max_workers, pending=1):
             self._adjust_thread_count()
             started = len(self._threads) > n
         try:
@@ -331,14 +261,8 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
                 return
             self._raise_closed()
 
-    def _raise_closed(self) -> None:
-        if self._broken:
-            raise self._broken_error()
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        if _shutdown:
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-        raise RuntimeError("cannot schedule new futures after shutdown")
+    def _raise_closed(self) -> NoReturn:
+        _workers.raise_closed(self._broken_error() if self._broken else None, self._shutdown)
 
     def _adjust_thread_count(self) -> None:
         with self._shutdown_lock:
@@ -349,10 +273,8 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
             # included) starts the same number of threads.
             if not num_threads < self._max_workers:
                 return
-            with _global_shutdown_lock:
-                if _shutdown:
-                    self._raise_closed()
-            thread_name = "%s_%d" % (self._thread_name_prefix or self, num_threads)
+            if _workers.interpreter_exiting():
+                self._raise_closed()
             q = self._work_queue
 
             # When the executor gets garbage collected, the weakref callback closes the
@@ -360,22 +282,11 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
             def weakref_cb(_: object, q: Any = q) -> None:
                 q.close()
 
-            t = threading.Thread(name=thread_name, target=_worker,
-                                 args=(weakref.ref(self, weakref_cb), q,
-                                       self._initializer, self._initargs,
-                                       self._worker_context and self._worker_context()))
-            try:
-                t.start()
-            except RuntimeError:
-                # Out of OS threads: if no worker exists the work could never run; say so
-                # now rather than hang. Otherwise the existing workers will take it.
-                if not self._threads:
-                    raise
-                _base.LOGGER.warning("fastpool: cannot start worker %s", thread_name,
-                                     exc_info=True)
-                return
-            self._threads.add(t)
-            _threads_queues[t] = q
+            _workers.start_worker(
+                self._threads, q, "%s_%d" % (self._thread_name_prefix or self, num_threads),
+                _worker,
+                (weakref.ref(self, weakref_cb), q, self._initializer, self._initargs,
+                 self._worker_context and self._worker_context()))
 
     def _initializer_failed(self) -> None:
         with self._shutdown_lock:
@@ -453,18 +364,5 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         for item in self._work_queue._after_fork_child():
             fut = getattr(item, "future", None)
             if fut is not None:
-                _reset_future_after_fork(fut)
+                _workers.reset_future_after_fork(fut)
                 fut.cancel()
-
-
-def _reset_future_after_fork(fut: Any) -> None:
-    # A lock held at fork time by a thread that does not exist in the child stays held
-    # for ever, and waiters (wait()/as_completed() calls) belong to such threads too.
-    state = vars(fut)
-    if "_lock" in state:  # fastpool._future.Future: its RLock and lazy Condition
-        fut._lock = threading.RLock()
-        state.pop("_condition", None)
-    if "_cond" in state:  # the native Future's lazy Condition
-        fut._cond = None
-    del fut._waiters[:]
-

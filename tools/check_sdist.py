@@ -39,6 +39,7 @@ GENERATED = {
 GROWING = {
     "fastpool": ["*.py"],
     "fastpool/_py": ["*.py"],
+    "fastpool/pool": ["*.py"],
     "src/core": ["*.pxi"],
     "tests": ["*.py"],
     "tests/isolated": ["*.py"],
