@@ -712,6 +712,8 @@ cdef inline WorkItem _new_item(WorkItem item, fn, tuple args, dict kwargs):
 # (I/O-like) items still spread one by one over every worker. Cancellation is
 # checked before every item, so closing the iterator stops the work promptly.
 
+cdef class Ledger  # below: a Pool's map counts its items there
+
 cdef double CHUNK_TARGET = 0.0002
 cdef Py_ssize_t CHUNK_MAX = 1024
 
@@ -758,14 +760,31 @@ cdef class _MapRunner:
         self.job.abort(error)
 
     def run(self):
-        self.job._run()
+        if self.job.hooks is not None and self.job.hooks.governed:
+            self.job.hooks.run_governed(self.job)  # current_token(): the call's token
+        else:
+            self.job._run()
+
+
+# A Pool's map counts its items in the pool's Ledger (ledger= and hooks= below), in
+# bulk: inputs taken from the source are submitted and queued; a chunk a runner takes
+# is running; at the end of the chunk its successes (and the items it skipped,
+# cancelled) are counted before the chunk is published, so the consumer never sees an
+# outcome the Ledger does not count yet. A failure goes through Python
+# (hooks.failed, in fastpool/_pool_map.py), which counts it and decides: a final
+# failure (dead-lettered under a retry policy), or a retry: the slot then holds
+# _RETRY, the pool's timer calls requeue() after the backoff, and a runner runs the
+# item again by itself, publishing its outcome under its index (ordered) or as a
+# chunk of one (unordered).
+cdef int _QUE_ = 1, _RUN_ = 2, _RET_ = 3, _SUC_ = 4, _FAIL_ = 5, _CANC_ = 6, _NOTS_ = 7
 
 
 cdef class _MapState:
     """Iterator over fn applied to the inputs, computed by the pool's workers.
 
     MapJob(fn, inputs, enqueue, max_runners, *, star=True, ordered=True,
-           return_exceptions=False, buffersize=None, chunksize=1, timeout=None)
+           return_exceptions=False, buffersize=None, chunksize=1, timeout=None,
+           ledger=None, hooks=None, deadline=None)
 
     inputs: an iterator of argument tuples (star=True) or of single arguments. With
     buffersize=None every input is taken now, in the caller's thread (the stdlib's
@@ -778,6 +797,8 @@ cdef class _MapState:
     counts from construction. Results come in input order
     (ordered=True) or as chunks complete. An item's exception is raised where its
     result would be (then the job is cancelled), or returned with return_exceptions.
+    ledger, hooks: a Pool's map (see above); deadline: seconds an item may run, after
+    which its outcome is a failure (hooks.failed with error None).
     """
 
     cdef object fn
@@ -803,6 +824,12 @@ cdef class _MapState:
     cdef Py_ssize_t cur_pos
     cdef double deadline
     cdef Signal *signal
+    # A Pool's map (None for the executor's).
+    cdef Ledger ledger
+    cdef readonly object hooks
+    cdef double item_deadline  # seconds an item may run (< 0: no limit)
+    cdef list retries         # (index, item, attempt): due to run again, counted queued
+    cdef dict retried         # ordered: index -> slot of a retried item
 
     def __cinit__(self):
         self.signal = new Signal()
@@ -812,7 +839,8 @@ cdef class _MapState:
 
     def __init__(self, fn, inputs, enqueue, Py_ssize_t max_runners, *, bint star=True,
                  bint ordered=True, bint return_exceptions=False, buffersize=None,
-                 Py_ssize_t chunksize=1, timeout=None):
+                 Py_ssize_t chunksize=1, timeout=None, Ledger ledger=None, hooks=None,
+                 deadline=None):
         self.fn = fn
         self.source = iter(inputs)
         self.enqueue = enqueue
@@ -826,11 +854,29 @@ cdef class _MapState:
         self.pending = []
         self.chunks = {}
         self.done = []
+        self.retries = []
+        self.retried = {}
+        self.ledger = ledger
+        self.hooks = hooks
+        self.item_deadline = -1.0 if deadline is None else deadline
         self.deadline = -1.0 if timeout is None else c_monotonic() + timeout
         if self.buffersize:
             self._feed(self.buffersize)
         else:
             self._feed(-1)
+
+    cdef int _count(self, int src, int dst, Py_ssize_t n, bint notify=True) except -1:
+        """Move n items between the Ledger's counters (not under self's section)."""
+        cdef bint watch
+        cdef Ledger ledger = self.ledger
+        if ledger is None or n <= 0:
+            return 0
+        with cython.critical_section(ledger):
+            ledger._bulk(src, dst, n)
+            watch = ledger._watch > 0
+        if watch and notify:
+            self.hooks.check_idle()  # someone waits for the pool to be idle
+        return 0
 
     cdef int _feed(self, Py_ssize_t n) except -1:
         """Take up to n inputs (-1: all) from the source; start runners as needed."""
@@ -859,6 +905,10 @@ cdef class _MapState:
                 self.input_done = True
         if not batch:
             return 0
+        if self.ledger is not None and not self.ledger._admit_n(len(batch)):
+            self.input_done = True
+            self.hooks.closed()  # raises the pool's error (shut down, broken)
+            return 0
         with cython.critical_section(self):
             if self.head == len(self.pending):
                 self.pending = batch
@@ -869,55 +919,135 @@ cdef class _MapState:
             want = min(self.max_runners, len(self.pending) - self.head) - self.runners
             if want > 0:
                 self.runners += want
+        self._start_runners(want, enqueue)
+        return 0
+
+    cdef int _start_runners(self, Py_ssize_t want, enqueue) except -1:
+        cdef bint stranded
         for _ in range(want):
             try:
                 enqueue(_MapRunner(self))
             except BaseException:
                 with cython.critical_section(self):
                     self.runners -= 1
+                    stranded = self.runners <= 0
+                if stranded:
+                    # Nobody would run what is queued: it never runs.
+                    self.abort(None)
                 raise
         return 0
+
+    def requeue(self, Py_ssize_t index, item, int attempt):
+        """The pool's timer: a retry's backoff is over. Queue the item again (counted
+        retrying -> queued); return True if a runner must be started for it (counted
+        in `runners`: the caller enqueues _MapRunner(self) or calls runner_lost)."""
+        cdef bint start = False, dropped = False
+        with cython.critical_section(self):
+            if self.cancelled.load():
+                dropped = True
+            else:
+                self.retries.append((index, item, attempt))
+                if self.runners < self.max_runners:
+                    self.runners += 1
+                    start = True
+        if dropped:
+            self._count(_RET_, _CANC_, 1)
+        else:
+            self._count(_RET_, _QUE_, 1)
+        return start
+
+    def runner(self):
+        """A new runner for this job (see requeue)."""
+        return _MapRunner(self)
+
+    def runner_lost(self):
+        """A runner counted by requeue could not be queued."""
+        cdef bint stranded
+        with cython.critical_section(self):
+            self.runners -= 1
+            stranded = self.runners <= 0
+        if stranded:
+            self.abort(None)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef _Failure _item_failed(self, Py_ssize_t index, item, int attempt, bint overdue):
+        """The rare path: an item raised (the exception is set), or ran past its
+        deadline (overdue). Without hooks the slot holds the error; a Pool's hooks
+        count the failure (or the retry) and return the error (None: retrying)."""
+        cdef _Failure failure
+        if overdue:
+            failure = _Failure(None)
+        else:
+            failure = <_Failure>_failure_from_error()
+            if self.hooks is None:
+                return failure
+        try:
+            return _Failure(self.hooks.failed(self, index, item, failure.error, attempt))
+        except BaseException as exc:
+            # hooks.failed counts before it can fail; if it fails, the item is failed.
+            self._count(_RUN_, _FAIL_, 1)
+            return _Failure(exc)
+
+    def run_loop(self):
+        """A runner's loop (hooks.run_governed calls it around the call's token)."""
+        self._run()
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
     cdef void _run(self) except *:
         """A runner's loop: take a chunk, compute it, publish it; until nothing is left."""
-        cdef Py_ssize_t size = self.min_chunk, take, start, i, n
+        cdef Py_ssize_t size = self.min_chunk, take, start, i, n, nok, nskip
         cdef list items, results
-        cdef double t0, elapsed
+        cdef double t0, t1 = 0.0, elapsed
+        cdef double limit = self.item_deadline
+        cdef bint timed = limit >= 0
         cdef PyObject *r
-        cdef object fn, failure
+        cdef object fn, failure, retry
         while True:
+            retry = None
             with cython.critical_section(self):
                 n = len(self.pending) - self.head
-                if self.cancelled.load() or n <= 0:
+                if self.cancelled.load() or (n <= 0 and not self.retries):
                     self.runners -= 1
                     return
-                # At most a fair share of what is left (guided self-scheduling): the
-                # last inputs spread over every runner instead of one runner taking a
-                # grown chunk, where a fast item's result would wait for a slow one
-                # while other workers idle (the stdlib's test_map_timeout).
-                take = min(size, max(self.min_chunk,
-                                     (n + self.max_runners - 1) // self.max_runners), n)
-                start = self.taken
-                items = self.pending[self.head:self.head + take]
-                # Drop our references to the inputs; compact now and then.
-                self.head += take
-                self.taken += take
-                if self.head >= 4096 and self.head * 2 >= len(self.pending):
-                    del self.pending[:self.head]
-                    self.head = 0
+                if self.retries:
+                    # A retried item goes first, by itself.
+                    retry = self.retries.pop(0)
+                else:
+                    # At most a fair share of what is left (guided self-scheduling): the
+                    # last inputs spread over every runner instead of one runner taking a
+                    # grown chunk, where a fast item's result would wait for a slow one
+                    # while other workers idle (the stdlib's test_map_timeout).
+                    take = min(size, max(self.min_chunk,
+                                         (n + self.max_runners - 1) // self.max_runners), n)
+                    start = self.taken
+                    items = self.pending[self.head:self.head + take]
+                    # Drop our references to the inputs; compact now and then.
+                    self.head += take
+                    self.taken += take
+                    if self.head >= 4096 and self.head * 2 >= len(self.pending):
+                        del self.pending[:self.head]
+                        self.head = 0
+            if retry is not None:
+                self._run_retry(retry)
+                continue
+            self._count(_QUE_, _RUN_, take, False)
             # Every slot of this fresh list is filled below before anyone sees it.
             results = PyList_New(take)
             t0 = c_monotonic()
             fn = self.fn
+            nok = nskip = 0
             for i in range(take):
                 if self.cancelled.load():
                     # Never started: reported as cancelled if anyone still looks.
                     failure = _Failure(CancelledError())
                     Py_INCREF(failure)
                     PyList_SET_ITEM_STEAL(results, i, <PyObject *>failure)
+                    nskip += 1
                     continue
+                if timed:
+                    t1 = c_monotonic()
                 # The hot loop: a raw C call (no Python-level try block to set up per
                 # item); NULL means it raised, and the exception becomes the slot's value.
                 if self.star:
@@ -925,13 +1055,24 @@ cdef class _MapState:
                 else:
                     r = PyObject_CallOneArg(fn, items[i])
                 if r == NULL:
-                    failure = _failure_from_error()
+                    failure = self._item_failed(start + i, items[i], 1, False)
                     Py_INCREF(failure)
                     r = <PyObject *>failure
+                elif timed and c_monotonic() - t1 > limit:
+                    Py_DECREF(<object>r)  # a late result is not delivered
+                    failure = self._item_failed(start + i, items[i], 1, True)
+                    Py_INCREF(failure)
+                    r = <PyObject *>failure
+                else:
+                    nok += 1
                 PyList_SET_ITEM_STEAL(results, i, r)
             failure = None
             items = None
             elapsed = c_monotonic() - t0
+            # Counted before published: whoever sees an outcome finds it in the stats.
+            if self.ledger is not None:
+                self._count(_RUN_, _SUC_, nok)
+                self._count(_RUN_, _CANC_, nskip)
             with cython.critical_section(self):
                 if self.ordered:
                     self.chunks[start] = results
@@ -944,15 +1085,82 @@ cdef class _MapState:
             elif elapsed > 4 * CHUNK_TARGET and size > self.min_chunk:
                 size = max(size // 2, self.min_chunk)
 
+    cdef int _run_retry(self, tuple entry) except -1:
+        """Run a retried item again (counted queued) and publish its outcome."""
+        cdef Py_ssize_t index = entry[0]
+        cdef int attempt = entry[2]
+        cdef double t1
+        cdef PyObject *r
+        cdef object slot
+        item = entry[1]
+        self._count(_QUE_, _RUN_, 1, False)
+        t1 = c_monotonic()
+        if self.star:
+            r = PyObject_Call(self.fn, item, NULL)
+        else:
+            r = PyObject_CallOneArg(self.fn, item)
+        if r == NULL:
+            slot = self._item_failed(index, item, attempt, False)
+            if (<_Failure>slot).error is None:
+                return 0  # retrying again
+        elif self.item_deadline >= 0 and c_monotonic() - t1 > self.item_deadline:
+            Py_DECREF(<object>r)
+            slot = self._item_failed(index, item, attempt, True)
+        else:
+            slot = <object>r
+            Py_DECREF(slot)  # <object> took its own reference
+            self._count(_RUN_, _SUC_, 1)
+        with cython.critical_section(self):
+            if self.ordered:
+                self.retried[index] = slot
+            else:
+                self.done.append([slot])
+        self.signal.notify()
+        return 0
+
+    cdef list _take_unstarted(self):
+        """Under self's section: stop, and take every item not started (queued)."""
+        cdef list left = [(item, 1) for item in self.pending[self.head:]]
+        left += [(e[1], e[2]) for e in self.retries]
+        self.pending = []
+        self.head = 0
+        self.retries = []
+        self.cancelled.store(True)
+        return left
+
+    def hand_back(self):
+        """Shutdown takes back the items not started: counted queued -> not_started,
+        returned as (item, attempt) pairs; the consumer gets CancelledError for them."""
+        cdef list left
+        with cython.critical_section(self):
+            left = self._take_unstarted()
+            self.aborted = True
+        self._count(_QUE_, _NOTS_, len(left))
+        self.signal.notify()
+        return left
+
     def abort(self, error=None):
         """The pool is cancelling its work: inputs not started yet never run, and the
         consumer gets `error` (None: CancelledError) where their results would be."""
+        cdef list left
         with cython.critical_section(self):
             self.aborted = True
             if self.abort_error is None:
                 self.abort_error = error
-            self.cancelled.store(True)
+            left = self._take_unstarted()
+        self._count(_QUE_, _CANC_, len(left))
         self.signal.notify()
+
+    cdef int _drop(self, bint notify) except -1:
+        cdef list left
+        self.cur = None
+        with cython.critical_section(self):
+            left = self._take_unstarted()
+            self.chunks.clear()
+            self.done.clear()
+            self.retried.clear()
+        self._count(_QUE_, _CANC_, len(left), notify)
+        return 0
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -968,9 +1176,21 @@ cdef class _MapState:
         if self.buffersize and not self.input_done and not self.cancelled.load():
             self._feed(1)
         while True:
+            seen = self.signal.generation()
             if self.cur is not None:
                 if self.cur_pos < len(self.cur):
                     r = self.cur[self.cur_pos]
+                    if type(r) is _Failure and (<_Failure>r).error is None:
+                        # The item is being retried: unordered, its outcome comes later
+                        # as a chunk of its own; ordered, it is awaited here.
+                        if not self.ordered:
+                            self.cur_pos += 1
+                            continue
+                        with cython.critical_section(self):
+                            r = self.retried.pop(self.yielded, None)
+                        if r is None:
+                            self._wait(seen)
+                            continue
                     # Yielded results are not kept (bpo-14406): only the consumer
                     # holds them from here.
                     self.cur[self.cur_pos] = None
@@ -987,7 +1207,6 @@ cdef class _MapState:
                 aborted = self.aborted
             if self.cancelled.load() and not aborted:
                 raise StopIteration
-            seen = self.signal.generation()
             with cython.critical_section(self):
                 if self.ordered:
                     chunk = self.chunks.pop(self.yielded, None)
@@ -996,48 +1215,53 @@ cdef class _MapState:
                 else:
                     chunk = None
                 finished = self.input_done and self.yielded >= self.fed
-                aborted = self.aborted
-                idle = self.runners <= 0
             if chunk is not None:
                 self.cur = chunk
                 self.cur_pos = 0
                 continue
             if finished:
                 raise StopIteration
-            # Aborted: runners still busy may yet publish the result we want (as the
-            # stdlib's running futures complete); once none is left, it never comes.
-            if aborted and idle:
+            self._wait(seen)
+
+    cdef int _wait(self, unsigned long long seen) except -1:
+        """Wait for a runner to publish (after `seen`): 0. If it never will, close
+        and raise: the abort error (the job was aborted and no runner is left, as the
+        stdlib's running futures complete first), or TimeoutError (the timeout)."""
+        cdef bint aborted, idle, ok
+        cdef double remaining
+        with cython.critical_section(self):
+            aborted = self.aborted
+            idle = self.runners <= 0
+        if aborted and idle:
+            self.close()
+            if self.abort_error is not None:
+                raise self.abort_error
+            raise CancelledError()
+        if self.deadline >= 0:
+            remaining = self.deadline - c_monotonic()
+            if remaining <= 0:
                 self.close()
-                if self.abort_error is not None:
-                    raise self.abort_error
-                raise CancelledError()
-            if self.deadline >= 0:
-                remaining = self.deadline - c_monotonic()
-                if remaining <= 0:
-                    self.close()
-                    raise FuturesTimeoutError()
-                remaining = min(remaining, WAIT_SLICE)
-            else:
-                remaining = WAIT_SLICE
-            with nogil:
-                ok = self.signal.wait(seen, remaining)
-            if not ok:
-                PyErr_CheckSignals()
+                raise FuturesTimeoutError()
+            remaining = min(remaining, WAIT_SLICE)
+        else:
+            remaining = WAIT_SLICE
+        with nogil:
+            ok = self.signal.wait(seen, remaining)
+        if not ok:
+            PyErr_CheckSignals()
+        return 0
 
     def close(self):
-        """Stop: inputs not started yet are never run."""
-        self.cancelled.store(True)
-        self.cur = None
-        with cython.critical_section(self):
-            self.chunks.clear()
-            self.done.clear()
+        """Stop: inputs not started yet are never run (counted cancelled)."""
+        self._drop(True)
 
 
 cdef class MapJob:
     """The consumer's side of a map (see _MapState); dropping it cancels the rest.
 
     MapJob(fn, inputs, enqueue, max_runners, *, star=True, ordered=True,
-           return_exceptions=False, buffersize=None, chunksize=1, timeout=None)
+           return_exceptions=False, buffersize=None, chunksize=1, timeout=None,
+           ledger=None, hooks=None, deadline=None)
     """
     cdef _MapState state
     cdef object __weakref__
@@ -1048,14 +1272,23 @@ cdef class MapJob:
     def __dealloc__(self):
         # Runners keep the state alive; this is the consumer letting go (as the
         # stdlib's map generator cancels its futures when it is closed or collected).
+        # No Python code of the pool runs from here (a join() polls; see Pool).
         if self.state is not None:
-            self.state.cancelled.store(True)
+            try:
+                self.state._drop(False)
+            except BaseException:
+                self.state.cancelled.store(True)
 
     def __iter__(self):
         return self
 
     def __next__(self):
         return self.state._next()
+
+    @property
+    def job(self):
+        """The job's state (runners and the pool's hooks hold it; it holds no MapJob)."""
+        return self.state
 
     def close(self):
         """Stop: inputs not started yet are never run."""
@@ -1277,6 +1510,33 @@ cdef class Ledger:
             raise ValueError(f"bad counter index in move({src}, {dst}, {extra})")
         with cython.critical_section(self):
             self._shift(src, dst, extra, task)
+            return self._watch > 0
+
+    cdef inline void _bulk(self, int src, int dst, Py_ssize_t n) noexcept:
+        # n items change state at once (a map's chunk), in the caller's critical section.
+        if src == _OUTSIDE:
+            self.c[_SUB] += n
+        else:
+            self.c[src] -= n
+        if dst == _OUTSIDE:
+            self.c[_SUB] -= n
+        else:
+            self.c[dst] += n
+
+    cdef bint _admit_n(self, Py_ssize_t n) except -1:
+        # A map's inputs: counted submitted and queued, unless the ledger is closed.
+        with cython.critical_section(self):
+            if self._closed:
+                return False
+            self._bulk(_OUTSIDE, _QUE, n)
+        return True
+
+    def move_n(self, int src, int dst, Py_ssize_t n):
+        """n items (of a map) change state at once, as move() does for one task."""
+        if not (_OUTSIDE <= src < _NCOUNT and _OUTSIDE <= dst < _NCOUNT) or n < 0:
+            raise ValueError(f"bad counter index in move_n({src}, {dst}, {n})")
+        with cython.critical_section(self):
+            self._bulk(src, dst, n)
             return self._watch > 0
 
     cdef inline tuple _counts(self):
