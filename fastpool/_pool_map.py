@@ -6,18 +6,32 @@ import asyncio
 import collections
 import concurrent.futures as cf
 import itertools
+import logging
 import queue
-from time import monotonic
+import weakref
+from concurrent.futures import CancelledError
+from time import monotonic, time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Iterator
 
-from .cancel import _timeout_seconds
+from ._compat import core
+from .cancel import CancelToken, _local, _timeout_seconds
+from .deadletter import DeadLetter
+from .errors import DeadlineExceeded
+from .retry import Retry
 
 if TYPE_CHECKING:
     from .pool import Pool
     from .stats import Stats
 
+LOGGER = logging.getLogger("fastpool")
+
 # A callable `progress` gets Stats at most this often (and once at the end).
 PROGRESS_INTERVAL = 0.2
+# A retried item that finds the bounded queue full tries again this much later.
+_REQUEUE_DELAY = 0.005
+N_RUNNING, N_RETRYING, N_CANCELLED = core.N_RUNNING, core.N_RETRYING, core.N_CANCELLED
+N_FAILED, N_NOT_STARTED = core.N_FAILED, core.N_NOT_STARTED
+N_RETRIED, N_DEAD_LETTERED = core.N_RETRIED, core.N_DEAD_LETTERED
 
 
 def _check_buffersize(pool: Pool, buffersize: Any) -> int:
@@ -91,8 +105,9 @@ def _progress(pool: Pool, progress: Any, iterables: tuple[Iterable[Any], ...]) -
 
 def map_iter(pool: Pool, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...],
              timeout: float | None, chunksize: int, buffersize: int | None, ordered: bool,
-             return_exceptions: bool, progress: Any) -> Iterator[Any]:
-    # Everything is checked here, at the call; the generator only runs the work.
+             return_exceptions: bool, progress: Any, retry: Any = None,
+             deadline: float | None = None, token: CancelToken | None = None) -> Iterator[Any]:
+    # Everything is checked here, at the call; the iterator only runs the work.
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
     if isinstance(chunksize, bool) or not isinstance(chunksize, int):
@@ -101,15 +116,228 @@ def map_iter(pool: Pool, fn: Callable[..., Any], iterables: tuple[Iterable[Any],
         raise ValueError("chunksize must be >= 1.")
     size = _check_buffersize(pool, buffersize)
     timeout = _timeout_seconds("timeout", timeout)
-    end = None if timeout is None else monotonic() + timeout
+    deadline = _timeout_seconds("deadline", deadline)
+    if retry is None:
+        retry = pool._retry
+    elif retry is False:
+        retry = None
+    elif not isinstance(retry, Retry):
+        raise TypeError(f"`retry` must be a Retry, False or None, got {retry!r}")
+    if token is not None and not isinstance(token, CancelToken):
+        raise TypeError(f"`token` must be a CancelToken or None, got {token!r}")
     if pool._shutdown:
         pool._raise_closed()
+    if pool._ledger.slow or pool._copy_context:
+        # Rate-limited, on a backend, or copying contexts: every call is a task of its
+        # own (each waits for its slot, goes out, or runs in its context).
+        if deadline is not None or token is not None or retry is not pool._retry:
+            raise ValueError("map(retry=, deadline=, token=) needs a pool without "
+                             "rate_limit, backend or copy_context (use schedule())")
+        end = None if timeout is None else monotonic() + timeout
+        bar = _progress(pool, progress, iterables)
+        return _map_tasks(pool, fn, iterables, end, chunksize, size, ordered,
+                          return_exceptions, bar)
     bar = _progress(pool, progress, iterables)
+    if len(iterables) == 1:
+        inputs, star = iterables[0], False
+    else:
+        inputs, star = zip(*iterables), True
+    hooks = _MapHooks(pool, fn, star, retry, deadline, token)
+    if not pool._threads:
+        pool._adjust_thread_count()
+    job = core.MapJob(fn, inputs, hooks.enqueue, pool._max_workers, star=star,
+                      ordered=ordered, return_exceptions=return_exceptions,
+                      buffersize=size, chunksize=chunksize, timeout=timeout,
+                      ledger=pool._ledger, hooks=hooks, deadline=deadline)
+    pool._maps.add(job)
+    if token is not None:
+        ref = weakref.ref(job)
+        token.add_callback(lambda _: _abort(ref))  # at once if it is cancelled
+    if bar is None:
+        return job
+    return _observed(job, bar)
+
+
+def _abort(ref: weakref.ref[Any]) -> None:
+    job = ref()
+    if job is not None:
+        job.abort()
+
+
+def _observed(job: Any, bar: Any) -> Iterator[Any]:
+    # Each outcome is counted before the job hands it out: the last progress call sees
+    # every item in the stats.
+    try:
+        for value in job:
+            yield value
+            bar.tick(1)
+    finally:
+        job.close()
+        bar.close()
+
+
+class _MapHooks:
+    """A Pool's side of a native map (core.MapJob with ledger= and hooks=): everything
+    but the common path -- queueing runners, failures, retries, dead letters, the
+    call's token. The job counts its items in the Ledger; these count the rest."""
+
+    __slots__ = ("pool", "fn", "star", "retry", "deadline", "gov", "governed")
+
+    def __init__(self, pool: Pool, fn: Callable[..., Any], star: bool, retry: Retry | None,
+                 deadline: float | None, token: CancelToken | None) -> None:
+        self.pool = pool
+        self.fn = fn
+        self.star = star
+        self.retry = retry
+        self.deadline = deadline
+        # Without a token of the call the items see the pool's (the worker's default).
+        self.governed = token is not None
+        self.gov = pool._token if token is None else CancelToken._any(pool._token, token)
+
+    def enqueue(self, runner: Any) -> None:
+        # The consumer's thread (it may wait for room in a bounded queue).
+        pool = self.pool
+        q = pool._work_queue
+        if q.idle_workers <= q.qsize() and len(pool._threads) < pool._max_workers:
+            pool._adjust_thread_count()
+        try:
+            q.put(runner)
+        except core.QueueClosed:
+            pool._raise_closed()
+
+    def start_runner(self, job: Any) -> None:
+        # The timer thread: never waits. A full queue: try again shortly.
+        pool = self.pool
+        q = pool._work_queue
+        try:
+            if not q.put_nowait(job.runner()):
+                pool._timer.call_at(monotonic() + _REQUEUE_DELAY, _map_kick, (job, self))
+                return
+        except core.QueueClosed:
+            job.runner_lost()
+            return
+        if q.idle_workers < q.qsize() and len(pool._threads) < pool._max_workers:
+            pool._adjust_thread_count()
+
+    def closed(self) -> None:
+        self.pool._raise_closed()
+
+    def check_idle(self) -> None:
+        self.pool._check_idle_locked()
+
+    def run_governed(self, job: Any) -> None:
+        prev = getattr(_local, "current", None)
+        _local.current = self.gov
+        try:
+            job.run_loop()
+        finally:
+            _local.current = prev
+
+    def args(self, item: Any) -> tuple[Any, ...]:
+        return item if self.star else (item,)
+
+    def failed(self, job: Any, index: int, item: Any, exc: BaseException | None,
+               attempt: int) -> BaseException | None:
+        """An item (counted running) failed, or ran past its deadline (exc None).
+        Count it; return the error to deliver, or None if it is retried."""
+        pool = self.pool
+        ledger = pool._ledger
+        if exc is None:
+            exc = DeadlineExceeded(f"task ran past its deadline of {self.deadline} s")
+            retryable = False
+        else:
+            retryable = True
+        gov = self.gov
+        if isinstance(exc, CancelledError) and gov.cancelled:
+            # The item saw its token cancelled and stopped: that is a cancellation.
+            if ledger.move(N_RUNNING, N_CANCELLED):
+                pool._check_idle_locked()
+            return exc
+        retry = self.retry
+        if (retryable and retry is not None and attempt < retry.attempts
+                and not gov.cancelled and retry.should_retry(exc)):
+            delay = retry.delay(attempt)
+            with pool._lock:
+                if not ledger.collecting:
+                    ledger.move(N_RUNNING, N_RETRYING, N_RETRIED)
+                    pool._timer.call_at(monotonic() + delay, _map_retry_due,
+                                        (job, self, index, item, attempt + 1))
+                    return None
+        with pool._lock:
+            # The dead letter goes in before the failure is counted and delivered.
+            extra = -1
+            if retry is not None:
+                extra = N_DEAD_LETTERED
+                pool.dead_letters.put(DeadLetter(None, self.fn, self.args(item), {}, exc,
+                                                 attempt, time()))
+            if ledger.move(N_RUNNING, N_FAILED, extra):
+                pool._check_idle()
+        return exc
+
+    def record(self, item: Any, attempts: int) -> Any:
+        from .pool import Task
+        fut = core.Future()
+        fut.cancel()
+        return Task(self.fn, self.args(item), {}, None, fut, attempts)
+
+
+def _map_retry_due(entry: tuple[Any, ...]) -> None:
+    """The pool's timer: an item's backoff is over (see _MapHooks.failed)."""
+    job, hooks, index, item, attempt = entry
+    try:
+        if job.requeue(index, item, attempt):
+            hooks.start_runner(job)
+    except BaseException:
+        LOGGER.exception("fastpool: internal error requeueing a map item")
+
+
+def _map_kick(entry: tuple[Any, Any]) -> None:
+    job, hooks = entry
+    hooks.start_runner(job)
+
+
+def collect(pool: Pool, items: list[Any]) -> list[Any]:
+    """Pool shutdown (under its lock): hand back the maps' items not started (queued,
+    or waiting to retry), counted not_started; `items`: what was drained from the
+    queue (the maps' runners among them are dropped)."""
+    records = []
+    for job in list(pool._maps):
+        state = job.job
+        hooks = state.hooks
+        for item, attempt in state.hand_back():
+            records.append(hooks.record(item, attempt - 1))
+    for entry in pool._timer.drain(_map_retry_due):
+        state, hooks, _, item, attempt = entry
+        state.hand_back()
+        pool._ledger.move(N_RETRYING, N_NOT_STARTED)
+        records.append(hooks.record(item, attempt - 1))
+    for runner in items:
+        if not isinstance(runner, core.PoolTask):
+            runner.cancel()
+    return records
+
+
+def fail(pool: Pool, items: list[Any], error: BaseException) -> None:
+    """The pool broke: the maps' consumers get `error`; what did not start is cancelled."""
+    for runner in items:
+        if not isinstance(runner, core.PoolTask):
+            runner.fail(error)
+    for job in list(pool._maps):
+        job.job.abort(error)
+    for entry in pool._timer.drain(_map_retry_due):
+        entry[0].abort(error)
+        pool._ledger.move(N_RETRYING, N_CANCELLED)
+
+
+# -- a map of tasks (rate-limited or backend pools) ------------------------------------
+
+def _map_tasks(pool: Pool, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...],
+               end: float | None, chunksize: int, size: int, ordered: bool,
+               return_exceptions: bool, bar: Any) -> Iterator[Any]:
     args_iter: Iterator[Any] = zip(*iterables)
     submit = pool.submit
     # `pending` submits one call (or chunk) each time it is advanced. In flight: plain
-    # futures, or (future, n) for a chunk of n calls. Per call the loops below do one
-    # submit, one result() and little else: they are the whole per-item overhead.
+    # futures, or (future, n) for a chunk of n calls.
     pending: Iterator[Any]
     if chunksize > 1:
         chunks = iter(lambda: list(itertools.islice(args_iter, chunksize)), [])

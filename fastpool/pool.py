@@ -435,6 +435,7 @@ class Pool(ThreadPoolExecutor):
         self._gave_up = False  # a shutdown timed out: what still runs is abandoned
         self._shutdown_done: threading.Event | None = None
         self._signals: _Signals | None = None
+        self._maps: weakref.WeakSet[Any] = weakref.WeakSet()  # running maps (_pool_map)
 
     def _make_queue(self) -> Any:
         return core.WorkQueue(self._queue_size)
@@ -1134,6 +1135,8 @@ class Pool(ThreadPoolExecutor):
         the timer, the tasks not started yet, each with the counter it is in."""
         taken = []
         for task in items + self._timer.drain(self._retry_due):
+            if not isinstance(task, _Task):
+                continue  # a map's runner: see _pool_map.collect
             if task.state == QUEUED:
                 taken.append((task, N_QUEUED))
             elif task.state == RETRY:
@@ -1148,6 +1151,8 @@ class Pool(ThreadPoolExecutor):
             self._work_queue.close()
         items = self._work_queue.drain()
         failed = []
+        from ._pool_map import fail
+        fail(self, items, BrokenThreadPool(self._broken))  # the maps' runners and items
         with self._lock:
             for task, src in self._take_unstarted(items):
                 task.state = DONE
@@ -1339,6 +1344,8 @@ class Pool(ThreadPoolExecutor):
             for task, src in self._take_unstarted(items):
                 self._abandon(task, src)
                 dropped.append(task)
+            from ._pool_map import collect
+            maps = collect(self, items)  # the maps' items not started
             # Tasks in transit are still counted as queued or retrying: taken from the
             # queue by a worker that has not reached the lock yet, a retry the timer
             # thread is putting back, a deadline being settled. They resolve (into
@@ -1361,7 +1368,7 @@ class Pool(ThreadPoolExecutor):
         for task in dropped:
             if task.opts is not None:
                 self._cleanup(task)
-        records = [_record(t, False) for t in late]
+        records = [_record(t, False) for t in late] + maps
         self._handed_back += records  # reported by every later shutdown() too
         return records
 
@@ -1500,17 +1507,25 @@ class Pool(ThreadPoolExecutor):
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: float | None = None, chunksize: int = 1, buffersize: int | None = None,
             ordered: bool = True, return_exceptions: bool = False,
-            progress: bool | Callable[[Stats], object] = False) -> Iterator[Any]:
+            progress: bool | Callable[[Stats], object] = False,
+            retry: Retry | bool | None = None, deadline: float | None = None,
+            token: CancelToken | None = None) -> Iterator[Any]:
         """Lazy, memory-bounded map: at most `buffersize` calls in flight.
 
         Results in input order (ordered=False: as they finish). return_exceptions=True
-        yields a failed call's exception instead of raising it. `chunksize` > 1 runs
-        that many calls per task. `progress`: a callable receiving Stats about every
-        0.2 s and at the end, or True for a tqdm bar (needs tqdm).
+        yields a failed call's exception instead of raising it. `chunksize`: at least
+        that many calls per hand-off to a worker (more while calls are fast).
+        `progress`: a callable receiving Stats about every 0.2 s and at the end, or
+        True for a tqdm bar (needs tqdm). Each call is counted in stats() (before its
+        outcome is yielded), and is retried, dead-lettered, limited by `deadline` (its
+        outcome after that many seconds of running is DeadlineExceeded) and cancelled
+        by `token` (calls not started when it is cancelled raise CancelledError at
+        their place) as schedule()'s tasks are. `retry`: None for the pool's, False
+        for none.
         """
         from ._pool_map import map_iter
         return map_iter(self, fn, iterables, timeout, chunksize, buffersize, ordered,
-                        return_exceptions, progress)
+                        return_exceptions, progress, retry, deadline, token)
 
     def asubmit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Awaitable[_T]:
         """Awaitable submit: waits (without blocking the loop) for queue space, then the result."""
