@@ -241,14 +241,20 @@ def test_lazy_map_raises_once_the_pool_shuts_down(make_pool):
             next(it)
 
 
-def test_python_mapjob_honours_chunksize(core_impl):
-    # Items of one chunk run one after another in the same runner.
+def test_mapjob_honours_chunksize(core_impl):
+    # A runner takes `chunksize` items at once: while the first runs item 0 (and, in
+    # it, the second runner runs to the end), items 1-3 are already taken. (The
+    # pure-Python core used to take one item at a time.)
     queue: list = []
-    where: dict[int, int] = {}
-    job = core_impl.MapJob(lambda x: where.setdefault(x, len(queue)), range(12),
-                           queue.append, 4, star=False, chunksize=4)
-    while queue:  # runners run here, one after the other
-        queue.pop(0).run()
-    assert list(job) == [where[x] for x in range(12)]
-    # The first runner took the first chunk of (at least) 4 items, in one go.
-    assert len({where[x] for x in range(4)}) == 1
+    order: list[int] = []
+
+    def fn(x):
+        if x == 0:
+            queue.pop(0).run()  # the second runner, here
+        order.append(x)
+        return x
+
+    job = core_impl.MapJob(fn, range(12), queue.append, 2, star=False, chunksize=4)
+    queue.pop(0).run()
+    assert order == [4, 5, 6, 7, 8, 9, 10, 11, 0, 1, 2, 3]
+    assert list(job) == list(range(12))
