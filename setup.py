@@ -7,6 +7,7 @@ Environment switches:
 Cythonizing happens lazily in build_ext (as uvloop and asyncpg do), so an sdist carries
 the .pyx sources rather than only generated C++.
 """
+import glob
 import os
 import sys
 
@@ -83,7 +84,7 @@ def extensions():
             "fastpool._core",
             ["src/_core.pyx"],
             include_dirs=["src"],
-            depends=["src/fp_queue.h", "src/fp_queue.pxd"],
+            depends=["src/fp_queue.h", "src/fp_queue.pxd", *sorted(glob.glob("src/core/*.pxi"))],
             language="c++",
             extra_compile_args=compile_args,
             extra_link_args=link_args,

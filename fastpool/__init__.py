@@ -14,7 +14,7 @@ from concurrent.futures import (
 )
 from typing import TYPE_CHECKING
 
-from ._compat import NATIVE, core
+from ._pick_core import NATIVE, core
 from .executor import BrokenThreadPool, ThreadPoolExecutor
 from .cancel import CancelToken, current_token
 from .deadletter import DeadLetter

@@ -1,4 +1,4 @@
-# Stubs for the compiled core (src/_core.pyx). Must match fastpool/_core_py.py, its
+# Stubs for the compiled core (src/_core.pyx). Must match fastpool/_py/, its
 # pure-Python twin; tests/test_api_parity.py compares the two.
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future as _StdFuture

@@ -13,7 +13,7 @@ from concurrent.futures import CancelledError
 from time import monotonic, time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Iterator
 
-from ._compat import core
+from ._pick_core import core
 from .cancel import CancelToken, _local, _timeout_seconds
 from .deadletter import DeadLetter
 from .errors import DeadlineExceeded

@@ -19,7 +19,7 @@ from concurrent.futures import _base
 from concurrent.futures import thread as _thread
 from typing import Any, Callable, Iterable, Iterator
 
-from ._compat import core
+from ._pick_core import core
 from ._future import worker_local
 
 __all__ = ["ThreadPoolExecutor", "BrokenThreadPool"]

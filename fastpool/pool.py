@@ -37,7 +37,7 @@ from typing import (Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator,
                     NoReturn, TypeVar)
 
 from . import executor as _executor
-from ._compat import core
+from ._pick_core import core
 from ._dask import DaskBackend  # imports no dask: see fastpool/_dask.py
 from ._timer import Timer
 from .cancel import CancelToken, _local, _timeout_seconds

@@ -39,7 +39,7 @@ from multiprocessing.reduction import ForkingPickler
 from pickle import loads as _loads
 from typing import Any, Callable, Iterable, Iterator
 
-from ._compat import core
+from ._pick_core import core
 
 __all__ = ["BrokenProcessPool", "ProcessPoolExecutor"]
 

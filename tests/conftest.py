@@ -26,7 +26,7 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 import fastpool
-from fastpool import _compat
+from fastpool import _pick_core
 
 REQUIRE_NATIVE = os.environ.get("FASTPOOL_REQUIRE_NATIVE", "") not in ("", "0")
 # The directory holding the fastpool package under test (site-packages, or a source
@@ -46,7 +46,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [
         f"fastpool {fastpool.__version__} from {os.path.dirname(fastpool.__file__)}",
         f"fastpool core: {'native' if fastpool.NATIVE else 'pure-Python'} "
-        f"({_compat.core.__file__})",
+        f"({_pick_core.core.__file__})",
         "FASTPOOL_NO_EXTENSIONS={!r} FASTPOOL_REQUIRE_NATIVE={!r}".format(
             os.environ.get("FASTPOOL_NO_EXTENSIONS", ""),
             os.environ.get("FASTPOOL_REQUIRE_NATIVE", ""),
@@ -61,7 +61,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit(
             "FASTPOOL_REQUIRE_NATIVE=1 but fastpool.NATIVE is False: the compiled core "
             f"fastpool._core was not loaded (fastpool imported from {fastpool.__file__}, "
-            f"core {_compat.core.__file__}, "
+            f"core {_pick_core.core.__file__}, "
             f"FASTPOOL_NO_EXTENSIONS={os.environ.get('FASTPOOL_NO_EXTENSIONS', '')!r})",
             returncode=1,
         )
@@ -78,9 +78,9 @@ def _import_native_core():
 
 @pytest.fixture(params=["native", "python"])
 def core_impl(request: pytest.FixtureRequest):
-    """The core module under test: fastpool._core (compiled) or fastpool._core_py."""
+    """The core module under test: fastpool._core (compiled) or fastpool._py."""
     if request.param == "python":
-        return importlib.import_module("fastpool._core_py")
+        return importlib.import_module("fastpool._py")
     mod = _import_native_core()
     if mod is None:
         pytest.skip("fastpool._core is not built (pure-Python install)")

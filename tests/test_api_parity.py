@@ -78,7 +78,7 @@ def _future_classes():
     classes = [pytest.param(fastpool.Future, id="active")]
     import importlib
 
-    classes.append(pytest.param(importlib.import_module("fastpool._core_py").Future,
+    classes.append(pytest.param(importlib.import_module("fastpool._py").Future,
                                 id="python"))
     try:
         native = importlib.import_module("fastpool._core")

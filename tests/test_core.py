@@ -1,6 +1,6 @@
 """The core queue and worker loop, tested directly against both implementations.
 
-`core_impl` is fastpool._core (compiled) or fastpool._core_py (fallback); they must
+`core_impl` is fastpool._core (compiled) or fastpool._py (fallback); they must
 behave the same.
 """
 

@@ -368,7 +368,7 @@ def test_map_without_override_does_not_call_submit():
 
     with Plain(2) as ex:
         it = ex.map(abs, range(-5, 0))
-        assert isinstance(it, fastpool._compat.core.MapJob)
+        assert isinstance(it, fastpool._pick_core.core.MapJob)
         assert list(it) == [5, 4, 3, 2, 1]
 
 

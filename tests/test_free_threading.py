@@ -18,7 +18,7 @@ def test_importing_fastpool_leaves_the_gil_off(run_py):
     # which ignores PYTHON_GIL (so nothing forces the GIL off) and keeps a source checkout
     # from shadowing the installed package.
     code = ("import sys, fastpool, fastpool.pool, fastpool.executor, fastpool.cli, fastpool.metrics;"
-            "from fastpool import _compat; print(sys._is_gil_enabled(), _compat.NATIVE)")
+            "from fastpool import _pick_core; print(sys._is_gil_enabled(), _pick_core.NATIVE)")
     proc = run_py(code, flags=("-W", "error"), timeout=120)
     assert proc.returncode == 0, str(proc)
     gil, native = proc.stdout.split()

@@ -15,19 +15,20 @@ from pathlib import Path
 import pytest
 
 import fastpool
-from fastpool import _compat
+import fastpool._py
+from fastpool import _pick_core
 
 MODULES = ["fastpool"] + sorted(
     f"fastpool.{m.name}" for m in pkgutil.iter_modules(fastpool.__path__)
-)
+) + sorted(f"fastpool._py.{m.name}" for m in pkgutil.iter_modules(fastpool._py.__path__))
 NO_EXTENSIONS = bool(os.environ.get("FASTPOOL_NO_EXTENSIONS"))
 HAS_NATIVE = importlib.util.find_spec("fastpool._core") is not None
 
 
 def test_module_list_is_complete():
     # Guards the parametrization below against an empty or partial package path.
-    for name in ("fastpool._compat", "fastpool._core_py", "fastpool._future",
-                 "fastpool.executor"):
+    for name in ("fastpool._pick_core", "fastpool._py", "fastpool._py.ledger",
+                 "fastpool._future", "fastpool.executor"):
         assert name in MODULES
 
 
@@ -50,10 +51,10 @@ def test_native_core_loaded():
     # (unless explicitly disabled); otherwise a broken build silently tests the fallback.
     if NO_EXTENSIONS:
         assert fastpool.NATIVE is False
-        assert _compat.core.__name__ == "fastpool._core_py"
+        assert _pick_core.core.__name__ == "fastpool._py"
     elif HAS_NATIVE:
         assert fastpool.NATIVE is True
-        assert _compat.core.__name__ == "fastpool._core"
+        assert _pick_core.core.__name__ == "fastpool._core"
         assert fastpool.ThreadPoolExecutor(1)._work_queue.__class__.__module__ == "fastpool._core"
     else:
         assert fastpool.NATIVE is False
@@ -61,15 +62,15 @@ def test_native_core_loaded():
 
 
 def test_native_flag_follows_environment(run_py):
-    code = "import fastpool, fastpool._compat as c; print(fastpool.NATIVE, c.core.__name__)"
+    code = "import fastpool, fastpool._pick_core as c; print(fastpool.NATIVE, c.core.__name__)"
     proc = run_py(code, env={"FASTPOOL_NO_EXTENSIONS": "1"})
     assert proc.returncode == 0, proc
-    assert proc.stdout.split() == ["False", "fastpool._core_py"]
+    assert proc.stdout.split() == ["False", "fastpool._py"]
     env = dict(os.environ)
     env.pop("FASTPOOL_NO_EXTENSIONS", None)
     proc = run_py(code, env={"FASTPOOL_NO_EXTENSIONS": ""})
     assert proc.returncode == 0, proc
-    expected = ["True", "fastpool._core"] if HAS_NATIVE else ["False", "fastpool._core_py"]
+    expected = ["True", "fastpool._core"] if HAS_NATIVE else ["False", "fastpool._py"]
     assert proc.stdout.split() == expected
 
 

@@ -24,7 +24,7 @@ import weakref
 import pytest
 
 import fastpool
-from fastpool import _compat
+from fastpool import _pick_core
 
 PROMPT = 30.0
 TASKS = int(os.environ.get("FASTPOOL_LEAK_TASKS", "200000"))
@@ -118,7 +118,7 @@ def test_no_growth_across_many_tasks():
     if rss0 is not None:
         growth = rss1 - rss0
         sys.stdout.write(f"\nRSS {rss0 / 1e6:.1f} -> {rss1 / 1e6:.1f} MB over {TASKS} tasks "
-                         f"(native={_compat.NATIVE})\n")
+                         f"(native={_pick_core.NATIVE})\n")
         assert growth < 16 * 1024 * 1024, f"RSS grew by {growth / 1e6:.1f} MB over {TASKS} tasks"
 
 
@@ -141,7 +141,7 @@ def test_python_heap_flat_across_tasks():
             tracemalloc.stop()
     growth = after - before
     sys.stdout.write(f"\ntracemalloc {before} -> {after} bytes over {n} tasks "
-                     f"(native={_compat.NATIVE})\n")
+                     f"(native={_pick_core.NATIVE})\n")
     # 512 kB over 50k tasks: anything per-task (a Future, a work item, a tuple) is more.
     assert growth < 512 * 1024, (f"Python heap grew by {growth} bytes over {n} tasks; top:\n"
                                  + "\n".join(map(str, top)))
@@ -316,8 +316,8 @@ def test_queue_releases_items(core_impl):
 
 VALGRIND_PROGRAM = r"""
 import gc, threading, fastpool
-from fastpool import _compat
-core = _compat.core
+from fastpool import _pick_core
+core = _pick_core.core
 assert fastpool.NATIVE, "valgrind check needs the native core"
 with fastpool.ThreadPoolExecutor(4) as ex:
     fs = [ex.submit(pow, i, 2) for i in range(3000)]
@@ -355,7 +355,7 @@ OURS = re.compile(r"__pyx_|fp::|_core\.cpython|fastpool")
 def test_valgrind_no_definite_leak_from_core(tmp_path):
     if shutil.which("valgrind") is None:
         pytest.fail("FASTPOOL_VALGRIND=1 but valgrind is not installed")
-    if not _compat.NATIVE:
+    if not _pick_core.NATIVE:
         pytest.skip("the valgrind check is about the native core")
     script = tmp_path / "vg_program.py"
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(fastpool.__file__)))

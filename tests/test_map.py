@@ -15,7 +15,7 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError
 import pytest
 
 import fastpool
-from fastpool._compat import core
+from fastpool._pick_core import core
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from concurrent.futures import CancelledError
 import pytest
 
 from fastpool import DeadlineExceeded, Retry, Stats, current_token
-from fastpool._compat import core
+from fastpool._pick_core import core
 from fastpool.cancel import CancelToken
 from pool_support import (PROMPT, check_invariant, gate, make_pool, ok,  # noqa: F401
                           wait_until)

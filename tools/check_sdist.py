@@ -38,6 +38,8 @@ GENERATED = {
 # Growing directories: every tracked file matching the pattern ships (not recursive).
 GROWING = {
     "fastpool": ["*.py"],
+    "fastpool/_py": ["*.py"],
+    "src/core": ["*.pxi"],
     "tests": ["*.py"],
     "tests/isolated": ["*.py"],
     "benches": ["*.py", "*.md"],

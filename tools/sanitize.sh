@@ -13,8 +13,8 @@
 # (CPython itself is not instrumented, so the runtime must be loaded before it starts).
 #
 # Reports are classified: a report with a frame in our code (_core.cpython-*.so built
-# from src/_core.pyx, src/fp_queue.h) counts; a report entirely inside the interpreter
-# is CPython's, is listed but does not fail the run (see tools/tsan.supp and
+# from src/_core.pyx and src/core/*.pxi, src/fp_queue.h) counts; a report entirely
+# inside the interpreter is CPython's, is listed but does not fail the run (see tools/tsan.supp and
 # docs/hardening.md for what is suppressed and why). FP_SANITIZE_TIMEOUT (default 600 s):
 # a stress still running then dumps every stack and fails. Exit status: 0 when the stress
 # passed and no report involves our code; 1 otherwise. Logs stay in $FP_SANITIZE_DIR/logs.
@@ -102,7 +102,7 @@ fi
 "$venv/bin/python" - "$logs" "$kind" <<'PY'
 import glob, os, re, sys
 logs, kind = sys.argv[1], sys.argv[2]
-ours = re.compile(r"_core\.cpython|fp_queue\.h|_core\.pyx|_core\.cpp|fp::|__pyx_")
+ours = re.compile(r"_core\.cpython|fp_queue\.h|_core\.pyx|core/\w+\.pxi|_core\.cpp|fp::|__pyx_")
 text = ""
 for path in sorted(glob.glob(os.path.join(logs, "tsan*")) + glob.glob(os.path.join(logs, "asan*"))
                    + glob.glob(os.path.join(logs, "ubsan*"))):

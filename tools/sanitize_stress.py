@@ -28,9 +28,9 @@ import threading
 import time
 
 import fastpool
-from fastpool import _compat
+from fastpool import _pick_core
 
-core = _compat.core
+core = _pick_core.core
 faults: collections.Counter[str] = collections.Counter()
 
 

@@ -15,7 +15,7 @@ if sys.implementation.name != "cpython":
     NO_EXTENSIONS = True
 
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from . import _core_py as core
+    from . import _py as core
 
     NATIVE = False
 else:
@@ -24,7 +24,7 @@ else:
 
         NATIVE = True
     except ImportError:  # pragma: no cover - depends on the build
-        from . import _core_py as core  # type: ignore[no-redef]
+        from . import _py as core  # type: ignore[no-redef]
 
         NATIVE = False
 

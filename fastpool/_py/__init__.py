@@ -1,0 +1,37 @@
+"""The pure-Python core: the twin of the native fastpool._core (src/_core.pyx).
+
+Used where the extension cannot be built or imported, and when FASTPOOL_NO_EXTENSIONS=1.
+Same interface and semantics as fastpool._core (stubs: fastpool/_core.pyi); the test
+suite runs against both, and tests/test_core_parity.py compares their names and
+signatures. File for file with src/core/*.pxi, so each pair can be diffed side by side:
+
+    queue.py   <-> src/core/queue.pxi    WorkQueue
+    ../_future.py <-> src/core/future.pxi   Future (fastpool._future, outside this package)
+    worker.py  <-> src/core/worker.pxi   WorkItem, run_worker
+    map.py     <-> src/core/map.pxi      MapJob
+    ledger.py  <-> src/core/ledger.pxi   Ledger, PoolTask (the Pool's bookkeeping)
+"""
+
+from __future__ import annotations
+
+# queue first: it imports worker at its end (see there).
+from .queue import QueueClosed, QueueEmpty, WorkQueue
+from .._future import Future
+from .worker import WorkItem, run_worker, spin_ns
+from .map import MapJob, _Failure, _MapRunner, _MapState
+from .ledger import (N_CANCELLED, N_DEAD_LETTERED, N_FAILED, N_NOT_STARTED, N_QUEUED,
+                     N_REJECTED, N_RETRIED, N_RETRYING, N_RUNNING, N_SUBMITTED, N_SUCCEEDED,
+                     OUTSIDE, PUT_CLOSED, PUT_FULL, PUT_OK, SAMPLE_EVERY, SAMPLE_WINDOW,
+                     TASK_ABANDONED, TASK_DONE, TASK_OVERDUE, TASK_QUEUED, TASK_RETRY,
+                     TASK_RUNNING, TASK_SETTLING, Ledger, PoolTask, clock)
+
+__all__ = [
+    "Future", "Ledger", "MapJob", "PoolTask", "QueueClosed", "QueueEmpty", "WorkItem",
+    "WorkQueue", "clock", "run_worker", "spin_ns",
+    "N_CANCELLED", "N_DEAD_LETTERED", "N_FAILED", "N_NOT_STARTED", "N_QUEUED", "N_REJECTED",
+    "N_RETRIED", "N_RETRYING", "N_RUNNING", "N_SUBMITTED", "N_SUCCEEDED", "OUTSIDE",
+    "PUT_CLOSED", "PUT_FULL", "PUT_OK", "SAMPLE_EVERY", "SAMPLE_WINDOW",
+    "TASK_ABANDONED", "TASK_DONE", "TASK_OVERDUE", "TASK_QUEUED", "TASK_RETRY",
+    "TASK_RUNNING", "TASK_SETTLING",
+    "_Failure", "_MapRunner", "_MapState",
+]
