@@ -313,7 +313,10 @@ class _MapState:
 
     def _next(self) -> Any:
         if self.buffersize and not self.input_done and not self.cancelled:
-            self._feed(1)
+            if self.hooks is None:
+                self._feed(1)  # as the stdlib's lazy map
+            elif self.fed - self.yielded <= self.buffersize // 2:
+                self._feed(self.buffersize - (self.fed - self.yielded))  # see fastpool._core
         while True:
             cur = self.cur
             if cur is not None:

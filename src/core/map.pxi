@@ -467,9 +467,14 @@ cdef class _MapState:
         cdef double remaining
         cdef bint ok
         cdef bint aborted, idle
-        # As the stdlib's lazy map: each step takes one more input before its result.
         if self.buffersize and not self.input_done and not self.cancelled.load():
-            self._feed(1)
+            if self.hooks is None:
+                # As the stdlib's lazy map: each step takes one more input first.
+                self._feed(1)
+            elif self.fed - self.yielded <= self.buffersize // 2:
+                # A Pool's map tops up in batches (bounded all the same): a step costs
+                # no trip to the source and the Ledger.
+                self._feed(self.buffersize - (self.fed - self.yielded))
         while True:
             seen = self.signal.generation()
             if self.cur is not None:
