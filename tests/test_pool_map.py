@@ -258,3 +258,56 @@ def test_mapjob_honours_chunksize(core_impl):
     queue.pop(0).run()
     assert order == [4, 5, 6, 7, 8, 9, 10, 11, 0, 1, 2, 3]
     assert list(job) == list(range(12))
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_stress_maps_racing_a_timed_shutdown(make_pool, round_):
+    # Maps with failures and retries from several threads, the stats read all along,
+    # then a timed shutdown: every item ends in exactly one state, and the report
+    # hands back exactly the items counted not_started.
+    pool = make_pool(4, retry=Retry(attempts=2, backoff=0.0005, jitter=0.0))
+    bad: list[Stats] = []
+    stop = threading.Event()
+
+    def fn(x):
+        if x % 13 == 0:
+            raise OSError(x)
+        if x % 5 == 0:
+            time.sleep(0.001)  # busy enough that the shutdown times out
+        return x
+
+    def consumer(k):
+        try:
+            for _ in pool.map(fn, range(3000), ordered=k % 2 == 0, chunksize=1 + k,
+                              return_exceptions=True, buffersize=64 if k == 0 else None):
+                pass
+        except (RuntimeError, CancelledError):
+            pass  # shut down under it
+
+    def reader():
+        while not stop.is_set():
+            s = pool.stats()
+            try:
+                check_invariant(s)
+            except AssertionError:
+                bad.append(s)
+            time.sleep(0.001)
+
+    threads = [threading.Thread(target=consumer, args=(k,)) for k in range(3)]
+    threads.append(threading.Thread(target=reader))
+    for t in threads:
+        t.start()
+    wait_until(lambda: pool.stats().succeeded > 0)
+    time.sleep(0.01 * round_)
+    report = pool.shutdown(timeout=0.05)
+    for t in threads[:-1]:
+        t.join(PROMPT)
+    wait_until(lambda: pool.stats().running == 0)
+    stop.set()
+    threads[-1].join(PROMPT)
+    assert not bad, bad[:3]
+    s = pool.stats()
+    assert s.queued == s.running == s.retrying == 0, s
+    assert s.submitted == s.succeeded + s.failed + s.cancelled + s.not_started, s
+    assert len(report.not_started) == s.not_started
+    assert s.dead_lettered == s.failed == len(pool.dead_letters)

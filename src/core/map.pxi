@@ -354,7 +354,7 @@ cdef class _MapState:
                     Py_INCREF(failure)
                     r = <PyObject *>failure
                 elif timed and c_monotonic() - t1 > limit:
-                    Py_DECREF(<object>r)  # a late result is not delivered
+                    Py_XDECREF(r)  # a late result is not delivered
                     failure = self._item_failed(start + i, items[i], 1, True)
                     Py_INCREF(failure)
                     r = <PyObject *>failure
@@ -399,11 +399,11 @@ cdef class _MapState:
             if (<_Failure>slot).error is None:
                 return 0  # retrying again
         elif self.item_deadline >= 0 and c_monotonic() - t1 > self.item_deadline:
-            Py_DECREF(<object>r)
+            Py_XDECREF(r)  # a late result is not delivered
             slot = self._item_failed(index, item, attempt, True)
         else:
-            slot = <object>r
-            Py_DECREF(slot)  # <object> took its own reference
+            slot = <object>r  # a new reference: the call's is dropped
+            Py_XDECREF(r)
             self._count(_RUN_, _SUC_, 1)
         with cython.critical_section(self):
             if self.ordered:
