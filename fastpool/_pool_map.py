@@ -270,12 +270,19 @@ class _MapHooks:
         if (retryable and retry is not None and attempt < retry.attempts
                 and not gov.cancelled and retry.should_retry(exc)):
             delay = retry.delay(attempt)
+            entry = (job, self, index, item, attempt + 1)
             with pool._lock:
-                if not ledger.collecting:
+                retrying = not ledger.collecting
+                if retrying:
                     ledger.move(N_RUNNING, N_RETRYING, N_RETRIED)
-                    pool._timer.call_at(monotonic() + delay, _map_retry_due,
-                                        (job, self, index, item, attempt + 1))
-                    return None
+                    if delay > 0.0:
+                        pool._timer.call_at(monotonic() + delay, _map_retry_due, entry)
+                        return None
+            if retrying:
+                # No backoff: queued again at once (a runner takes it next), without a
+                # round trip through the timer thread that an ordered consumer waits for.
+                _map_retry_due(entry)
+                return None
         with pool._lock:
             # The dead letter goes in before the failure is counted and delivered.
             extra = -1
