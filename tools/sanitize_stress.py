@@ -210,7 +210,9 @@ def pool_map_stress(n: int, seed: int) -> int:
     threads.append(threading.Thread(target=reader))
     for t in threads:
         t.start()
-    time.sleep(0.05)
+    end = time.monotonic() + 30
+    while pool.stats().succeeded < n // 4 and time.monotonic() < end:
+        time.sleep(0.001)  # under way (a sanitizer build starts slowly)
     report = pool.shutdown(timeout=0.02)
     for t in threads[:-1]:
         t.join()
