@@ -164,7 +164,7 @@ class _MapState:
                 dropped = True
             else:
                 self.retries.append((index, item, attempt))
-                if self.runners < self.max_runners:
+                if self.runners <= 0:  # else a live runner takes it next
                     self.runners += 1
                     start = True
         if dropped:

@@ -242,7 +242,10 @@ cdef class _MapState:
                 dropped = True
             else:
                 self.retries.append((index, item, attempt))
-                if self.runners < self.max_runners:
+                # A live runner takes it next (it looks at `retries` under this section
+                # before it leaves); only without one is a runner queued (and a worker
+                # woken: a retry costs no wake-up while the map is busy).
+                if self.runners <= 0:
                     self.runners += 1
                     start = True
         if dropped:
