@@ -250,9 +250,10 @@ class _MapHooks:
         return item if self.star else (item,)
 
     def failed(self, job: Any, index: int, item: Any, exc: BaseException | None,
-               attempt: int) -> BaseException | None:
+               attempt: int) -> BaseException | bool | None:
         """An item (counted running) failed, or ran past its deadline (exc None).
-        Count it; return the error to deliver, or None if it is retried."""
+        Count it; return the error to deliver, None if it is retried after its
+        backoff, True if it is to run again at once (no backoff: it stays running)."""
         pool = self.pool
         ledger = pool._ledger
         if exc is None:
@@ -270,19 +271,16 @@ class _MapHooks:
         if (retryable and retry is not None and attempt < retry.attempts
                 and not gov.cancelled and retry.should_retry(exc)):
             delay = retry.delay(attempt)
-            entry = (job, self, index, item, attempt + 1)
             with pool._lock:
-                retrying = not ledger.collecting
-                if retrying:
+                if not ledger.collecting:
+                    if delay <= 0.0:
+                        # No backoff: the runner calls it again now (it stays running).
+                        ledger.move(N_RUNNING, N_RUNNING, N_RETRIED)
+                        return True
                     ledger.move(N_RUNNING, N_RETRYING, N_RETRIED)
-                    if delay > 0.0:
-                        pool._timer.call_at(monotonic() + delay, _map_retry_due, entry)
-                        return None
-            if retrying:
-                # No backoff: queued again at once (a runner takes it next), without a
-                # round trip through the timer thread that an ordered consumer waits for.
-                _map_retry_due(entry)
-                return None
+                    pool._timer.call_at(monotonic() + delay, _map_retry_due,
+                                        (job, self, index, item, attempt + 1))
+                    return None
         with pool._lock:
             # The dead letter goes in before the failure is counted and delivered.
             extra = -1

@@ -186,28 +186,36 @@ class _MapState:
             self.abort(None)
 
     def _item_failed(self, index: int, item: Any, attempt: int,
-                     error: BaseException | None) -> _Failure:
-        """The rare path: an item raised `error`, or ran past its deadline (None)."""
+                     error: BaseException | None) -> _Failure | None:
+        """An item raised `error`, or ran past its deadline (None); see fastpool._core:
+        its slot, or None to run it again now."""
         if self.hooks is None:
             return _Failure(error)
         try:
-            return _Failure(self.hooks.failed(self, index, item, error, attempt))
+            out = self.hooks.failed(self, index, item, error, attempt)
         except BaseException as exc:
             # hooks.failed counts before it can fail; if it fails, the item is failed.
             self._count(_RUN_, _FAIL_, 1)
             return _Failure(exc)
+        return None if out is True else _Failure(out)
 
     def _call(self, index: int, item: Any, attempt: int) -> tuple[Any, bool]:
-        """Run one item: (its slot, whether it succeeded)."""
-        t1 = time.monotonic()
-        try:
-            result = self.fn(*item) if self.star else self.fn(item)
-        except BaseException as exc:
-            return self._item_failed(index, item, attempt, exc), False
+        """Run one item (again, while a retry without backoff asks): (its slot, whether
+        it succeeded)."""
         limit = self.item_deadline
-        if limit is not None and time.monotonic() - t1 > limit:
-            return self._item_failed(index, item, attempt, None), False
-        return result, True
+        while True:
+            t1 = time.monotonic()
+            try:
+                result = self.fn(*item) if self.star else self.fn(item)
+            except BaseException as exc:
+                slot = self._item_failed(index, item, attempt, exc)
+            else:
+                if limit is None or time.monotonic() - t1 <= limit:
+                    return result, True
+                slot = self._item_failed(index, item, attempt, None)
+            if slot is not None:
+                return slot, False
+            attempt += 1
 
     def run_loop(self) -> None:
         """A runner's loop (hooks.run_governed calls it around the call's token)."""

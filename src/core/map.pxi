@@ -270,9 +270,10 @@ cdef class _MapState:
     @cython.boundscheck(False)
     @cython.wraparound(False)
     cdef _Failure _item_failed(self, Py_ssize_t index, item, int attempt, bint overdue):
-        """The rare path: an item raised (the exception is set), or ran past its
-        deadline (overdue). Without hooks the slot holds the error; a Pool's hooks
-        count the failure (or the retry) and return the error (None: retrying)."""
+        """An item raised (the exception is set), or ran past its deadline (overdue).
+        Without hooks the slot holds the error; a Pool's hooks count the failure (or
+        the retry) and return the error, None (retried later: _Failure(None)) or True
+        (run it again now: None here)."""
         cdef _Failure failure
         if overdue:
             failure = _Failure(None)
@@ -281,11 +282,43 @@ cdef class _MapState:
             if self.hooks is None:
                 return failure
         try:
-            return _Failure(self.hooks.failed(self, index, item, failure.error, attempt))
+            out = self.hooks.failed(self, index, item, failure.error, attempt)
         except BaseException as exc:
             # hooks.failed counts before it can fail; if it fails, the item is failed.
             self._count(_RUN_, _FAIL_, 1)
             return _Failure(exc)
+        if out is True:
+            return None
+        return _Failure(out)
+
+    cdef object _failed_call(self, Py_ssize_t index, item, int attempt, bint overdue,
+                             bint *ok):
+        """The rare path, after an item's call failed (see _item_failed): its slot -- a
+        _Failure, or the value of a retry run at once (no backoff) that succeeded
+        (then *ok is set)."""
+        cdef _Failure failure
+        cdef PyObject *r
+        cdef double t1
+        while True:
+            failure = self._item_failed(index, item, attempt, overdue)
+            if failure is not None:
+                return failure
+            attempt += 1
+            t1 = c_monotonic()
+            if self.star:
+                r = PyObject_Call(self.fn, item, NULL)
+            else:
+                r = PyObject_CallOneArg(self.fn, item)
+            if r == NULL:
+                overdue = False
+            elif self.item_deadline >= 0 and c_monotonic() - t1 > self.item_deadline:
+                Py_XDECREF(r)  # a late result is not delivered
+                overdue = True
+            else:
+                ok[0] = True
+                value = <object>r  # a new reference: the call's is dropped
+                Py_XDECREF(r)
+                return value
 
     def run_loop(self):
         """A runner's loop (hooks.run_governed calls it around the call's token)."""
@@ -302,6 +335,7 @@ cdef class _MapState:
         cdef bint timed = limit >= 0
         cdef PyObject *r
         cdef object fn, failure, retry
+        cdef bint ok, overdue
         while True:
             retry = None
             with cython.critical_section(self):
@@ -352,13 +386,12 @@ cdef class _MapState:
                     r = PyObject_Call(fn, items[i], NULL)
                 else:
                     r = PyObject_CallOneArg(fn, items[i])
-                if r == NULL:
-                    failure = self._item_failed(start + i, items[i], 1, False)
-                    Py_INCREF(failure)
-                    r = <PyObject *>failure
-                elif timed and c_monotonic() - t1 > limit:
+                if r == NULL or (timed and c_monotonic() - t1 > limit):
+                    overdue = r != NULL
                     Py_XDECREF(r)  # a late result is not delivered
-                    failure = self._item_failed(start + i, items[i], 1, True)
+                    ok = False
+                    failure = self._failed_call(start + i, items[i], 1, overdue, &ok)
+                    nok += ok
                     Py_INCREF(failure)
                     r = <PyObject *>failure
                 else:
@@ -390,6 +423,7 @@ cdef class _MapState:
         cdef double t1
         cdef PyObject *r
         cdef object slot
+        cdef bint ok = False, overdue
         item = entry[1]
         self._count(_QUE_, _RUN_, 1, False)
         t1 = c_monotonic()
@@ -397,16 +431,17 @@ cdef class _MapState:
             r = PyObject_Call(self.fn, item, NULL)
         else:
             r = PyObject_CallOneArg(self.fn, item)
-        if r == NULL:
-            slot = self._item_failed(index, item, attempt, False)
-            if (<_Failure>slot).error is None:
-                return 0  # retrying again
-        elif self.item_deadline >= 0 and c_monotonic() - t1 > self.item_deadline:
+        if r == NULL or (self.item_deadline >= 0 and c_monotonic() - t1 > self.item_deadline):
+            overdue = r != NULL
             Py_XDECREF(r)  # a late result is not delivered
-            slot = self._item_failed(index, item, attempt, True)
+            slot = self._failed_call(index, item, attempt, overdue, &ok)
+            if type(slot) is _Failure and (<_Failure>slot).error is None:
+                return 0  # retried later again
         else:
             slot = <object>r  # a new reference: the call's is dropped
             Py_XDECREF(r)
+            ok = True
+        if ok:
             self._count(_RUN_, _SUC_, 1)
         with cython.critical_section(self):
             if self.ordered:
