@@ -217,10 +217,10 @@ def test_map_is_lazy_and_bounded(make_pool):
     check_invariant(pool.stats())
 
 
-@pytest.mark.parametrize("queue_size, window", [(0, 256), (5, 10)])
+@pytest.mark.parametrize("queue_size, window", [(0, 4096), (5, 10)])
 def test_map_default_window(make_pool, queue_size, window):
-    # Unbounded queue: 256 calls in flight (a small window makes the consumer and the
-    # workers wait on each other); bounded: twice the queue.
+    # Unbounded queue: 4096 calls in flight (a small window makes the consumer and the
+    # workers wait on each other; see _map.MAP_WINDOW); bounded: twice the queue.
     pool = make_pool(2, queue_size=queue_size)
     consumed = []
 

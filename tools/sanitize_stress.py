@@ -176,6 +176,59 @@ def pool_stress(n_per_thread: int, seed: int) -> int:
     return len(futures)
 
 
+def pool_map_stress(n: int, seed: int) -> int:
+    """Pool.map's native engine: maps with failures and retries from several threads,
+    the Ledger read all along, then a timed shutdown handing back what did not start."""
+    pool = fastpool.Pool(4, retry=fastpool.Retry(attempts=2, backoff=0.0, retry_on=Boom))
+    rng = random.Random(seed)
+    fails = {i for i in range(n) if rng.random() < 0.05}
+    stop = threading.Event()
+    bad: list[object] = []
+
+    def task(i: int) -> int:
+        if i in fails:
+            raise Boom(i)
+        return i
+
+    def consumer(k: int) -> None:
+        try:
+            for _ in pool.map(task, range(n), ordered=k % 2 == 0, chunksize=1 + k,
+                              return_exceptions=True, buffersize=None if k else 64):
+                pass
+        except (RuntimeError, cf.CancelledError):
+            pass  # shut down under it
+
+    def reader() -> None:
+        while not stop.is_set():
+            s = pool.stats()
+            if s.submitted != (s.succeeded + s.failed + s.cancelled + s.not_started
+                               + s.queued + s.running + s.retrying):
+                bad.append(s)
+            time.sleep(0.001)
+
+    threads = [threading.Thread(target=consumer, args=(k,)) for k in range(3)]
+    threads.append(threading.Thread(target=reader))
+    for t in threads:
+        t.start()
+    end = time.monotonic() + 30
+    while pool.stats().succeeded < n // 4 and time.monotonic() < end:
+        time.sleep(0.001)  # under way (a sanitizer build starts slowly)
+    report = pool.shutdown(timeout=0.02)
+    for t in threads[:-1]:
+        t.join()
+    while pool.stats().running:
+        time.sleep(0.01)
+    stop.set()
+    threads[-1].join()
+    assert not bad, bad[:3]
+    s = pool.stats()
+    assert s.submitted == s.succeeded + s.failed + s.cancelled + s.not_started, s
+    assert len(report.not_started) == s.not_started
+    print(f"pool map: {s.submitted} items, {s.succeeded} ok, {s.failed} failed, "
+          f"{s.retried} retried, {s.not_started} handed back", flush=True)
+    return s.submitted
+
+
 def shutdown_cancel_stress(rounds: int) -> int:
     n = 0
     for _ in range(rounds):
@@ -293,6 +346,7 @@ def main() -> int:
     t0 = time.monotonic()
     tasks = executor_stress(int(2000 * args.scale), seed)
     tasks += pool_stress(int(2000 * args.scale), seed)
+    tasks += pool_map_stress(int(20000 * args.scale), seed)
     tasks += shutdown_cancel_stress(max(1, int(10 * args.scale)))
     items = queue_stress(int(5000 * args.scale))
     forks = 0 if args.no_fork else fork_stress(max(1, int(10 * args.scale)))

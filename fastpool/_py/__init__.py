@@ -8,7 +8,7 @@ signatures. File for file with src/core/*.pxi, so each pair can be diffed side b
     queue.py          <-> src/core/queue.pxi    WorkQueue
     ../_future.py     <-> src/core/future.pxi   Future
     worker.py         <-> src/core/worker.pxi   WorkItem, run_worker
-    map.py            <-> src/_core.pyx         MapJob (its map section)
+    map.py            <-> src/core/map.pxi      MapJob
     ledger.py         <-> src/core/ledger.pxi   Ledger, PoolTask (the Pool's bookkeeping)
     ../_states.py     (both)                    the bookkeeping's numbers
 """

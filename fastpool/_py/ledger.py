@@ -105,6 +105,33 @@ class Ledger:
             elif dst == N_RUNNING:
                 self.running.add(task)
 
+    def _bulk(self, src: int, dst: int, n: int) -> None:
+        # n items (of a map) change state at once, under self._lock.
+        c = self._c
+        if src == OUTSIDE:
+            c[N_SUBMITTED] += n
+        else:
+            c[src] -= n
+        if dst == OUTSIDE:
+            c[N_SUBMITTED] -= n
+        else:
+            c[dst] += n
+
+    def _admit_n(self, n: int) -> bool:
+        # A map's inputs: counted submitted and queued, unless the ledger is closed.
+        with self._lock:
+            if self._closed:
+                return False
+            self._bulk(OUTSIDE, N_QUEUED, n)
+        return True
+
+    def move_n(self, src: int, dst: int, n: int) -> bool:
+        if not (OUTSIDE <= src < N_COUNTERS and OUTSIDE <= dst < N_COUNTERS) or n < 0:
+            raise ValueError(f"bad counter index in move_n({src}, {dst}, {n})")
+        with self._lock:
+            self._bulk(src, dst, n)
+            return self._watch > 0
+
     def move(self, src: int, dst: int, extra: int = -1, task: Any = None) -> bool:
         if not (OUTSIDE <= src < N_COUNTERS and OUTSIDE <= dst < N_COUNTERS
                 and -1 <= extra < N_COUNTERS):

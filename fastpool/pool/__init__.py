@@ -31,7 +31,9 @@ The parts, one job each (each resets itself after fork):
   _pacing.py    Pacer: the rate limit
   _groups.py    TaskGroup
   _records.py   Task, ShutdownReport (handed to users), TaskOptions (per task)
-  _map_host.py  MapHost: what the streaming map (fastpool/_pool_map.py) uses of a Pool
+  _map.py       the streaming map (Pool.map on the native core.MapJob, amap,
+                asubmit): the common path counts each item in the Ledger natively;
+                failures, retries, deadlines and dead letters come back here
 The hot path reads top to bottom: Pool.submit -> core Ledger.submit -> a worker's
 PoolTask.run_plain (src/_core.pyx) -> settled there, or Outcomes.task_failed.
 """

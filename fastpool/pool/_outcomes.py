@@ -24,6 +24,7 @@ from ..cancel import CancelToken, _local
 from ..deadletter import DeadLetter, DeadLetterQueue
 from ..errors import DeadlineExceeded
 from ..executor import BrokenThreadPool
+from . import _map
 from ._pacing import Pacer
 from ._records import PoolTask, unstart
 from ._state import PoolState, clock
@@ -436,6 +437,8 @@ class Outcomes:
         the tasks not started yet, each with the counter it is in."""
         taken = []
         for task in items + self.timer.drain(self.retry_due):
+            if not isinstance(task, PoolTask):
+                continue  # a map's runner: see _map.collect and fail
             if task.state == TASK_QUEUED:
                 taken.append((task, N_QUEUED))
             elif task.state == TASK_RETRY:
@@ -453,6 +456,7 @@ class Outcomes:
             st.queue.close()
         items = st.queue.drain()
         failed = []
+        _map.fail(st, self.timer, items, BrokenThreadPool(st.broken))  # the maps
         with st.lock:
             for task, src in self.take_unstarted_locked(items):
                 task.state = TASK_DONE

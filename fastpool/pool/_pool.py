@@ -8,7 +8,8 @@ import threading
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator,
                     NoReturn, TypeVar)
 
-from .. import _pool_map, _workers
+from .. import _workers
+from . import _map
 from .._pick_core import core
 from .._states import TASK_DONE
 from ..cancel import CancelToken, _timeout_seconds
@@ -181,7 +182,7 @@ class Pool(ThreadPoolExecutor):
         """
         return self._submitter.schedule(fn, args, kwargs, timeout, deadline, retry, token, key)
 
-    # (_task, _put, _raise_closed, _default_buffersize: used by _pool_map, see MapHost.)
+    # (_task, _put, _raise_closed, _default_buffersize: used by _map.)
     def _task(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
               opts: TaskOptions | None, retry: Retry | None) -> PoolTask:
         return self._submitter.new_task(fn, args, kwargs, opts, retry)
@@ -314,16 +315,24 @@ class Pool(ThreadPoolExecutor):
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: float | None = None, chunksize: int = 1, buffersize: int | None = None,
             ordered: bool = True, return_exceptions: bool = False,
-            progress: bool | Callable[[Stats], object] = False) -> Iterator[Any]:
+            progress: bool | Callable[[Stats], object] = False,
+            retry: Retry | bool | None = None, deadline: float | None = None,
+            token: CancelToken | None = None) -> Iterator[Any]:
         """Lazy, memory-bounded map: at most `buffersize` calls in flight.
 
         Results in input order (ordered=False: as they finish). return_exceptions=True
-        yields a failed call's exception instead of raising it. `chunksize` > 1 runs
-        that many calls per task. `progress`: a callable receiving Stats about every
-        0.2 s and at the end, or True for a tqdm bar (needs tqdm).
+        yields a failed call's exception instead of raising it. `chunksize`: at least
+        that many calls per hand-off to a worker (more while calls are fast).
+        `progress`: a callable receiving Stats about every 0.2 s and at the end, or
+        True for a tqdm bar (needs tqdm). Each call is counted in stats() (before its
+        outcome is yielded), and is retried, dead-lettered, limited by `deadline` (its
+        outcome after that many seconds of running is DeadlineExceeded) and cancelled
+        by `token` (calls not started when it is cancelled raise CancelledError at
+        their place) as schedule()'s tasks are. `retry`: None for the pool's, False
+        for none.
         """
-        return _pool_map.map_iter(self, fn, iterables, timeout, chunksize, buffersize, ordered,
-                                  return_exceptions, progress)
+        return _map.map_iter(self, fn, iterables, timeout, chunksize, buffersize, ordered,
+                                  return_exceptions, progress, retry, deadline, token)
 
     def asubmit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Awaitable[_T]:
         """Awaitable submit: waits (without blocking the loop) for queue space, then the result."""
@@ -331,14 +340,14 @@ class Pool(ThreadPoolExecutor):
             raise TypeError(f"fn must be callable, got {fn!r}")
         if self._shutdown:
             self._raise_closed()
-        return _pool_map.asubmit(self, fn, args, kwargs)
+        return _map.asubmit(self, fn, args, kwargs)
 
     def amap(self, fn: Callable[..., Any], *iterables: Any, buffersize: int | None = None,
              ordered: bool = True, return_exceptions: bool = False) -> AsyncIterator[Any]:
         """Async-iterable map for asyncio code: lazy, bounded, ordered or not.
 
         The input may be sync iterables, or one async iterable."""
-        return _pool_map.amap(self, fn, iterables, buffersize, ordered, return_exceptions)
+        return _map.amap(self, fn, iterables, buffersize, ordered, return_exceptions)
 
     # -- fork ---------------------------------------------------------------------------
 
@@ -360,9 +369,3 @@ class Pool(ThreadPoolExecutor):
             except BaseException:
                 LOGGER.exception("fastpool: cancelling %r after fork", fut)
 
-
-if TYPE_CHECKING:
-    from ._map_host import MapHost
-
-    def _is_map_host(pool: Pool) -> MapHost:
-        return pool  # mypy checks that a Pool offers what _pool_map uses

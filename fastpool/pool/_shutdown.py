@@ -8,6 +8,7 @@ import threading
 from time import monotonic
 
 from .._states import N_CANCELLED, N_FAILED, N_SUCCEEDED
+from . import _map
 from ._outcomes import Outcomes
 from ._records import ShutdownReport, Task, record
 from ._scaling import Workers
@@ -122,6 +123,7 @@ class Shutdown:
             for task, src in outcomes.take_unstarted_locked(items):
                 outcomes.abandon_locked(task, src)
                 dropped.append(task)
+            maps = _map.collect(st, outcomes.timer, items)  # the maps' items not started
             # Tasks in transit are still counted as queued or retrying: taken from the
             # queue by a worker that has not reached the lock yet, a retry the timer
             # thread is putting back, a deadline being settled. They resolve (into
@@ -142,6 +144,6 @@ class Shutdown:
         for task in late:
             task.future.cancel()
         outcomes.drop_all(dropped)
-        records = [record(t, False) for t in late]
+        records = [record(t, False) for t in late] + maps
         self._handed_back += records  # reported by every later shutdown() too
         return records

@@ -8,6 +8,7 @@ Methods named *_locked run with `lock` held by the caller.
 from __future__ import annotations
 
 import threading
+import weakref
 from time import monotonic
 from typing import Any
 
@@ -60,6 +61,9 @@ class PoolState:
         # native fast path reads (closed, collecting, watch): see core.Ledger.
         self.ledger = core.Ledger(self.queue, self._slow)
         self.late: list[Any] = []
+        # The native maps under way (core.MapJob): shutdown hands back their items not
+        # started, a broken pool aborts them (_map.py: collect, fail).
+        self.maps: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def stats(self, bound: int, dead_letters_dropped: int) -> Stats:
         """Pool.stats(): `bound` is the queue's (0: none)."""

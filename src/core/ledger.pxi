@@ -17,11 +17,6 @@
 # definition, fastpool/_states.py, shared with the pure-Python core and the Pool; this
 # module re-exports them. The hot path compares C ints: the same numbers, read once
 # here at import (c_ + the Python name).
-from fastpool._states import (
-    N_CANCELLED, N_COUNTERS, N_DEAD_LETTERED, N_FAILED, N_NOT_STARTED, N_QUEUED,
-    N_REJECTED, N_RETRIED, N_RETRYING, N_RUNNING, N_SUBMITTED, N_SUCCEEDED, OUTSIDE,
-    PUT_CLOSED, PUT_FULL, PUT_OK, SAMPLE_EVERY, SAMPLE_WINDOW, TASK_ABANDONED, TASK_DONE,
-    TASK_OVERDUE, TASK_QUEUED, TASK_RETRY, TASK_RUNNING, TASK_SETTLING)
 
 cdef int c_N_SUBMITTED = N_SUBMITTED
 cdef int c_N_QUEUED = N_QUEUED
@@ -142,6 +137,33 @@ cdef class Ledger:
             raise ValueError(f"bad counter index in move({src}, {dst}, {extra})")
         with cython.critical_section(self):
             self._shift(src, dst, extra, task)
+            return self._watch > 0
+
+    cdef inline void _bulk(self, int src, int dst, Py_ssize_t n) noexcept:
+        # n items change state at once (a map's chunk), in the caller's critical section.
+        if src == c_OUTSIDE:
+            self.c[c_N_SUBMITTED] += n
+        else:
+            self.c[src] -= n
+        if dst == c_OUTSIDE:
+            self.c[c_N_SUBMITTED] -= n
+        else:
+            self.c[dst] += n
+
+    cdef bint _admit_n(self, Py_ssize_t n) except -1:
+        # A map's inputs: counted submitted and queued, unless the ledger is closed.
+        with cython.critical_section(self):
+            if self._closed:
+                return False
+            self._bulk(c_OUTSIDE, c_N_QUEUED, n)
+        return True
+
+    def move_n(self, int src, int dst, Py_ssize_t n):
+        """n items (of a map) change state at once, as move() does for one task."""
+        if not (c_OUTSIDE <= src < c_N_COUNTERS and c_OUTSIDE <= dst < c_N_COUNTERS) or n < 0:
+            raise ValueError(f"bad counter index in move_n({src}, {dst}, {n})")
+        with cython.critical_section(self):
+            self._bulk(src, dst, n)
             return self._watch > 0
 
     cdef inline tuple _counts(self):
