@@ -89,8 +89,33 @@ def _send_results(send: Callable[[Any], None], done: bool, exiting: bool,
     send(data)
 
 
+def _exit_with_parent() -> None:
+    """Exit this worker as soon as the parent process is gone, even mid-task.
+
+    An idle worker sees the parent die (EOF on its pipe), a busy one would run its
+    batch to the end first, and a task stuck for hours would keep an orphan alive. So a
+    daemon thread waits on multiprocessing's parent sentinel: a pipe end whose other
+    end only the parent holds (spawn, forkserver, fork; a process handle on Windows),
+    portable, unlike Linux's prctl(PR_SET_PDEATHSIG), which moreover fires when the
+    *thread* that started the worker ends. Blocked in the OS, it costs no GIL time.
+    (With fork, a sibling forked later also holds that end: the last-forked worker
+    exits first, then the others, each freeing its elders' ends.)
+    """
+    parent = mp.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch(sentinel: Any) -> None:
+        _wait([sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, args=(parent.sentinel,), daemon=True,
+                     name="fastpool-parent-watch").start()
+
+
 def _worker(conn: Connection, initializer: Callable[..., object] | None,
             initargs: tuple[Any, ...], max_tasks: int | None) -> None:
+    _exit_with_parent()
     if initializer is not None:
         try:
             initializer(*initargs)
