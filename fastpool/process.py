@@ -20,6 +20,7 @@ up in the parent while all workers are busy, which sizes the batches by themselv
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import multiprocessing as mp
 import os
@@ -36,7 +37,9 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as _wait
 from multiprocessing.context import BaseContext
 from multiprocessing.reduction import ForkingPickler
+from pickle import PicklingError
 from pickle import loads as _loads
+from types import FunctionType
 from typing import Any, Callable, Iterable, Iterator
 
 from ._compat import core
@@ -66,26 +69,94 @@ _BROKEN_FUTURE = ("A process in the process pool was terminated abruptly while "
 # fastpool's Future (a concurrent.futures.Future subclass): no Condition per future
 # unless someone blocks on it, which is most of the parent's cost per task here.
 _Future = core.Future
-_dumps = ForkingPickler.dumps  # the stdlib's pickler: Connections, sockets... cross too
+
+_cloudpickle: Any
+try:  # the cloudpickle extra: functions and classes pickle does not find by name
+    _cloudpickle = importlib.import_module("cloudpickle")  # no stubs: typed Any
+except ImportError:
+    _cloudpickle = None
+
+_EXTRA = "pip install 'fastpool[cloudpickle]'"
+
+
+def _main_importable() -> bool:
+    # A spawn or forkserver worker re-imports the parent's main module from its file
+    # (as __mp_main__); with `python -c`, stdin, a REPL or a notebook there is none.
+    return getattr(sys.modules.get("__main__"), "__file__", None) is not None
+
+
+class _Pickler(ForkingPickler):
+    """The stdlib's pickler, plus: what pickle would send by a name the worker cannot
+    look up (a lambda, a local function or class, and under spawn/forkserver one of a
+    __main__ without a file) goes by value through cloudpickle when it is installed, or
+    fails here, naming the extra, rather than breaking the worker that cannot load it.
+
+    Everything else pickles as with the stdlib: a __main__ function of a script stays
+    a reference, so it sees the globals its worker's initializer set.
+    """
+
+    fork = False  # a fork worker has the parent's __main__
+
+    def reducer_override(self, obj: Any) -> Any:
+        # Called once per object not in the memo (never for ints, strs, tuples...):
+        # a function or class costs one check per batch.
+        if not _by_value(obj, not self.fork):
+            return NotImplemented
+        if _cloudpickle is not None:
+            return _cloudpickle.loads, (_cloudpickle.dumps(obj),)
+        where = ("a lambda or local" if "<" in obj.__qualname__
+                 else "defined in a __main__ with no file")
+        raise PicklingError(
+            f"Can't pickle {obj!r}: it is {where}, and pickle sends functions and "
+            f"classes by name, which the worker process cannot look up; "
+            f"{_EXTRA} sends them by value (cloudpickle), or define it at the "
+            f"top level of an importable module")
+
+
+def _by_value(obj: Any, spawned: bool) -> bool:
+    """Would _Pickler send obj by value (a lambda, a local, a file-less __main__'s)?"""
+    if not isinstance(obj, (FunctionType, type)):
+        return False  # builtins, methods, partials...: their parts are checked in turn
+    return ("<" in getattr(obj, "__qualname__", "") or
+            (spawned and obj.__module__ == "__main__" and not _main_importable()))
+
+
+class _InitializerByValue:
+    """An initializer that multiprocessing's own pickling (of the worker's arguments)
+    would send by a name the worker cannot look up: sent pickled by _Pickler."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = bytes(data)
+
+    def __call__(self, *args: Any) -> object:
+        return _loads(self.data)(*args)
+
+
+class _ForkPickler(_Pickler):
+    fork = True
+
+
+def _pickler_for(ctx: BaseContext) -> type[_Pickler]:
+    return _ForkPickler if ctx.get_start_method(allow_none=False) == "fork" else _Pickler
 
 
 # --------------------------------------------------------------------------- worker
 
-def _send_results(send: Callable[[Any], None], done: bool, exiting: bool,
-                  results: list[Any]) -> None:
+def _send_results(send: Callable[[Any], None], dumps: Callable[[Any], Any], done: bool,
+                  exiting: bool, results: list[Any]) -> None:
     try:
-        data = _dumps((done, exiting, results))
+        data = dumps((done, exiting, results))
     except BaseException:
         # One result does not pickle: it fails its own future, as in the stdlib
         # (which catches BaseException there too), the rest go through.
         fixed = []
         for tid, ok, value in results:
             try:
-                _dumps(value)
+                dumps(value)
             except BaseException as e:
                 ok, value = False, _ExceptionWithTraceback(e, e.__traceback__)
             fixed.append((tid, ok, value))
-        data = _dumps((done, exiting, fixed))
+        data = dumps((done, exiting, fixed))
     send(data)
 
 
@@ -114,7 +185,8 @@ def _exit_with_parent() -> None:
 
 
 def _worker(conn: Connection, initializer: Callable[..., object] | None,
-            initargs: tuple[Any, ...], max_tasks: int | None) -> None:
+            initargs: tuple[Any, ...], max_tasks: int | None,
+            pickler: type[_Pickler] = _Pickler) -> None:
     _exit_with_parent()
     if initializer is not None:
         try:
@@ -124,6 +196,8 @@ def _worker(conn: Connection, initializer: Callable[..., object] | None,
             # The parent sees this worker die and breaks the pool, as the stdlib.
             return
     recv, send, clock = conn.recv_bytes, conn.send_bytes, time.monotonic
+    # Results pickle as tasks do: an instance of a class sent by value returns by value.
+    dumps = pickler.dumps
     ran = 0
     while True:
         try:
@@ -145,13 +219,13 @@ def _worker(conn: Connection, initializer: Callable[..., object] | None,
             except BaseException as e:
                 out.append((tid, False, _ExceptionWithTraceback(e, e.__traceback__)))
             if clock() > flush_at:
-                _send_results(send, False, False, out)
+                _send_results(send, dumps, False, False, out)
                 out = []
                 flush_at = clock() + _FLUSH_AFTER
         # Drop the references before waiting for the next batch (as the stdlib does).
         batch = fn = args = kwargs = None
         exiting = max_tasks is not None and ran >= max_tasks
-        _send_results(send, True, exiting, out)
+        _send_results(send, dumps, True, exiting, out)
         del out
         if exiting:
             return
@@ -244,6 +318,10 @@ class _State:
         self.initargs = initargs
         self.max_tasks = max_tasks
         self.dynamic = ctx.get_start_method(allow_none=False) != "fork"
+        self.pickler = _pickler_for(ctx)
+        self.dumps = self.pickler.dumps
+        if _cloudpickle is not None and _by_value(initializer, self.dynamic):
+            self.initializer = _InitializerByValue(self.dumps(initializer))
         self.lock = threading.Lock()
         self.ids = itertools.count()
         self.pending: dict[int, _base.Future[Any]] = {}
@@ -265,7 +343,7 @@ class _State:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         p = self.ctx.Process(  # type: ignore[attr-defined]
             target=_worker,
-            args=(child_conn, self.initializer, self.initargs, self.max_tasks))
+            args=(child_conn, self.initializer, self.initargs, self.max_tasks, self.pickler))
         p.start()
         child_conn.close()
         w = _Worker(p, parent_conn, self.max_tasks)
@@ -322,7 +400,7 @@ class _State:
         """Pickle and send a batch to w (busy, so only this thread writes to it)."""
         while True:
             try:
-                data = _dumps(batch)
+                data = self.dumps(batch)
             except Exception:
                 data = self._salvage(batch)
             if data is not None:
@@ -347,7 +425,7 @@ class _State:
         good = []
         for item in batch:
             try:
-                _dumps(item)
+                self.dumps(item)
             except Exception as e:
                 tb = traceback.format_exception(type(e), e, e.__traceback__)
                 e.__cause__ = _RemoteTraceback('\n"""\n{}"""'.format("".join(tb)))
@@ -356,7 +434,7 @@ class _State:
                     _set_exception(f, e)
             else:
                 good.append(item)
-        return _dumps(good) if good else None
+        return self.dumps(good) if good else None
 
     def break_pool(self, cause: str | None, message: str = _BROKEN_FUTURE) -> None:
         with self.lock:
