@@ -245,12 +245,16 @@ def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> tuple[li
 # --------------------------------------------------------------------------- parent
 
 class _Worker:
-    __slots__ = ("process", "conn", "busy", "quota", "eof")
+    __slots__ = ("process", "conn", "busy", "batch", "quota", "eof")
 
     def __init__(self, process: Any, conn: Connection, quota: int | None) -> None:
         self.process = process
         self.conn = conn
         self.busy = False  # holds a batch: nothing else is sent until it answers
+        # That batch, kept until it is answered, as the stdlib keeps its work items:
+        # an argument must outlive its pickle until the worker has loaded it (a
+        # Manager proxy's referent is freed when the parent's last proxy goes).
+        self.batch: list[Any] | None = None
         self.quota = quota  # tasks it may still be sent (max_tasks_per_child)
         self.eof = False
 
@@ -336,6 +340,7 @@ class _State:
         self.force = False
         self.broken: str | bool = False
         self.wakeup = _Wakeup()
+        self.feeds: weakref.WeakSet[_Feed] = weakref.WeakSet()  # lazy map() inputs
 
     # All methods named *_locked run with self.lock held.
 
@@ -371,6 +376,7 @@ class _State:
                 del pending[item[0]]
         if batch:
             w.busy = True
+            w.batch = batch
             if w.quota is not None:
                 w.quota -= len(batch)
         return batch
@@ -414,6 +420,7 @@ class _State:
             # Nothing in the batch pickled: w stays idle, and may take more.
             with self.lock:
                 w.busy = False
+                w.batch = None
                 batch = self.take_locked(w)
                 if not batch:
                     self.idle.append(w)
@@ -559,6 +566,7 @@ def _read(s: _State, w: _Worker) -> None:
         return
     with s.lock:
         w.busy = False
+        w.batch = None
         if exiting:
             # It reached max_tasks_per_child and exits: stop counting it now (the
             # stdlib's _processes drops it at once), join it when its sentinel fires.
@@ -756,13 +764,24 @@ class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
             chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:
         """Returns an iterator equivalent to map(fn, iter).
 
-        As the stdlib's, with one change: with the default `chunksize=1` the
-        inputs are sent in chunks (about 4 per worker, at most 256 items),
-        without changing what the iterator yields or
-        raises (results in order; the first failing call's exception, raised
-        when the iterator reaches it). `buffersize` (the Python 3.14 argument,
-        offered on every version) makes the input lazy: at most `buffersize`
-        chunks are in flight, each of `chunksize` items.
+        As the stdlib's, with two changes that do not change what the iterator
+        yields or raises (results in order; the first failing call's exception,
+        raised when the iterator reaches it):
+
+        - with the default `chunksize=1` the inputs are sent in chunks (about 4
+          per worker, at most 256 items);
+        - the input is read lazily past its first window (4 chunks per worker,
+          the first ones sized by it): one more chunk is submitted as the
+          iterator moves past one, so a huge or endless input is never held in
+          memory. An input that fits in the window is submitted at once, as
+          with the stdlib; `shutdown()` (except with cancel_futures) submits
+          what is left of every unfinished map first, so that all of it still
+          runs. An exception raised by the input is raised by the iterator
+          after the results of the inputs before it.
+
+        `buffersize` (the Python 3.14 argument, offered on every version) bounds
+        the chunks in flight instead, as the stdlib's: at most `buffersize` chunks
+        of `chunksize` items, none submitted after shutdown().
         """
         if buffersize is not None and not isinstance(buffersize, int):
             raise TypeError("buffersize must be an integer or None")
@@ -773,21 +792,32 @@ class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
         end_time = None if timeout is None else timeout + time.monotonic()
         args = zip(*iterables)
         chunks: Iterator[list[tuple[Any, ...]]]
-        if buffersize is None:
-            items = list(args)
-            if chunksize == 1:
-                chunksize, extra = divmod(len(items), self._max_workers * 4)
-                chunksize = min(_MAX_CHUNK, max(1, chunksize + bool(extra)))
-            chunks = (items[i:i + chunksize] for i in range(0, len(items), chunksize))
-            fs = deque(self.submit(_run_chunk, fn, c) for c in chunks)
-            del items
-        else:
+        if buffersize is not None:
             chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])
             fs = deque(self.submit(_run_chunk, fn, c) for c in itertools.islice(chunks, buffersize))
-        return _results(fs, end_time, None if buffersize is None else (self, fn, chunks))
+            return _results(fs, end_time, (self, fn, chunks))
+        window = self._max_workers * 4
+        first = list(itertools.islice(args, window * (_MAX_CHUNK if chunksize == 1 else chunksize)))
+        lazy = len(first) == window * (_MAX_CHUNK if chunksize == 1 else chunksize)
+        if chunksize == 1:
+            chunksize = min(_MAX_CHUNK, max(1, -(-len(first) // window)))
+        fs = deque(self.submit(_run_chunk, fn, first[i:i + chunksize])
+                   for i in range(0, len(first), chunksize))
+        del first
+        if not lazy:
+            # All of it submitted: the iterator holds no reference to the executor,
+            # so `del executor` shuts it down, as with the stdlib.
+            return _results(fs, end_time, None)
+        feed = _Feed(self, fn, _chunked(args, chunksize), fs)
+        self._state.feeds.add(feed)
+        return _results(fs, end_time, feed)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         s = self._state
+        for feed in list(s.feeds):
+            # The rest of each lazy map's input: submitted now, as the stdlib's map
+            # would have at once (or dropped with the queue).
+            feed.close() if cancel_futures else feed.drain()
         with s.lock:
             s.shutdown = True
             if cancel_futures:
@@ -848,9 +878,66 @@ def _on_collect(s: _State) -> None:
         pass
 
 
+def _chunked(args: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    while True:
+        chunk: list[tuple[Any, ...]] = []
+        try:
+            chunk.extend(itertools.islice(args, size))
+        except BaseException:
+            if chunk:  # the inputs read before the input failed still run
+                yield chunk
+            raise
+        if not chunk:
+            return
+        yield chunk
+
+
+class _Feed:
+    """The rest of a lazy map()'s input: chunks submitted as the iterator moves on,
+    or all at once by shutdown(). The lock keeps the futures in input order when
+    both happen at the same time."""
+
+    __slots__ = ("lock", "executor", "fn", "chunks", "fs", "error", "__weakref__")
+
+    def __init__(self, executor: ProcessPoolExecutor, fn: Callable[..., Any],
+                 chunks: Iterator[list[tuple[Any, ...]]], fs: deque[_base.Future[Any]]) -> None:
+        self.lock = threading.Lock()
+        self.executor: ProcessPoolExecutor | None = executor
+        self.fn = fn
+        self.chunks = chunks
+        self.fs = fs
+        self.error: BaseException | None = None  # raised by the input, or by submit()
+
+    def more(self, n: int) -> None:
+        with self.lock:
+            ex, chunks = self.executor, self.chunks
+            if ex is None:
+                return
+            try:
+                for _ in range(n):
+                    c = next(chunks, None)
+                    if c is None:
+                        self.close()
+                        return
+                    self.fs.append(ex.submit(_run_chunk, self.fn, c))
+            except BaseException as e:
+                # The input failed (or the pool broke): raised after the results
+                # of everything before it.
+                self.error = e
+                self.close()
+
+    def drain(self) -> None:
+        self.more(sys.maxsize)
+
+    def close(self) -> None:
+        # Lock-free (more() calls it holding the lock, and works on its own copies).
+        self.executor = self.chunks = None  # type: ignore[assignment]
+
+
 def _results(fs: deque[_base.Future[Any]], end_time: float | None, more: Any) -> Iterator[Any]:
     # A generator of its own (not a method) so it holds no reference to the executor
-    # when the input is eager: `del executor` then shuts it down, as with the stdlib.
+    # when the input is all submitted: `del executor` then shuts it down, as with the stdlib.
+    feed = more if isinstance(more, _Feed) else None
     try:
         while fs:
             f = fs.popleft()
@@ -862,7 +949,9 @@ def _results(fs: deque[_base.Future[Any]], end_time: float | None, more: Any) ->
             finally:
                 f.cancel()
                 del f
-            if more is not None:
+            if feed is not None:
+                feed.more(1)
+            elif more is not None:
                 executor, fn, chunks = more
                 for c in itertools.islice(chunks, 1):
                     fs.append(executor.submit(_run_chunk, fn, c))
@@ -876,6 +965,13 @@ def _results(fs: deque[_base.Future[Any]], end_time: float | None, more: Any) ->
                     raise err
                 finally:
                     err = None
+        if feed is not None and feed.error is not None:
+            try:
+                raise feed.error
+            finally:
+                feed.error = None
     finally:
+        if feed is not None:
+            feed.close()
         for f in fs:
             f.cancel()
