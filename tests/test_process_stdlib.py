@@ -94,3 +94,57 @@ def test_unpicklable_tasks_start_no_extra_worker():
             assert isinstance(f.exception(timeout=60), Exception)
         assert len(ex._processes) == 1
         assert ex.submit(abs, -2).result(timeout=60) == 2
+
+
+def test_one_background_thread_and_no_feeder():
+    before = set(threading.enumerate())
+    with ProcessPoolExecutor(2, mp_context=CTX) as ex:
+        assert sum(ex.map(abs, range(-100, 0))) == 5050
+        new = set(threading.enumerate()) - before
+        assert [t.name for t in new] == [ex._executor_manager_thread.name]
+
+
+def test_failed_worker_replacement_breaks_pool(monkeypatch):
+    """max_tasks_per_child: the worker leaves after its task, no successor can be
+    started and none is left: the queued futures fail with BrokenProcessPool (3.14's
+    text), rather than waiting forever."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from fastpool import process as proc
+
+    ex = ProcessPoolExecutor(1, mp_context=CTX, max_tasks_per_child=1)
+    try:
+        first = ex.submit(time.sleep, 0.5)
+        rest = [ex.submit(abs, -i) for i in range(3)]
+        while not first.running():
+            time.sleep(0.01)
+
+        def fail(self):
+            raise OSError("spawn failed")
+        monkeypatch.setattr(proc._State, "spawn_locked", fail)
+        assert first.result(timeout=60) is None
+        for f in rest:
+            with pytest.raises(BrokenProcessPool, match="could not be started"):
+                f.result(timeout=60)
+    finally:
+        monkeypatch.undo()
+        ex.shutdown()
+
+
+def test_queued_work_runs_after_the_executor_is_collected():
+    """gh-152967's case: the executor is dropped while its only worker is about to
+    leave at max_tasks_per_child, with work queued: the reader starts the successor
+    (it needs no executor for that), and every future gets its result."""
+    import gc
+    import weakref
+
+    ex = ProcessPoolExecutor(1, mp_context=CTX, max_tasks_per_child=1)
+    fs = [ex.submit(time.sleep, 0.3)] + [ex.submit(abs, -i) for i in range(1, 4)]
+    thread = ex._executor_manager_thread
+    ref = weakref.ref(ex)
+    del ex
+    gc.collect()
+    assert ref() is None
+    assert [f.result(timeout=60) for f in fs] == [None, 1, 2, 3]
+    thread.join(timeout=60)
+    assert not thread.is_alive()

@@ -101,6 +101,31 @@ INTENDED_PROCESS: dict[str, tuple[str, str, str, tuple[int, int]]] = {
         ("ProcessPoolShutdownTest.test_processes_terminate",
          "test_unpicklable_tasks_start_no_extra_worker"))
 }
+# Tests of the stdlib's internals (3.14.7's copies), each for every start method.
+for _test, _entry in {
+    # The test makes the *second* thread the executor starts fail (the stdlib's queue
+    # feeder thread); fastpool starts one thread, so the injected failure never comes.
+    "ProcessPoolExecutorTest.test_python_finalization_error": (
+        "gh-109047", "fastpool starts a single thread (no queue feeder thread): the "
+        "test's injected failure of the second one never happens",
+        "tests/test_process_stdlib.py::test_one_background_thread_and_no_feeder"),
+    # Patches concurrent.futures.process._spawn_worker, which fastpool does not call.
+    "ProcessPoolExecutorTest.test_failed_worker_replacement_breaks_pool": (
+        "gh-115634", "patches the stdlib's internal _spawn_worker, which fastpool does "
+        "not use; the same failure of fastpool's own spawn breaks the pool likewise",
+        "tests/test_process_stdlib.py::test_failed_worker_replacement_breaks_pool"),
+    # With the executor garbage-collected, the stdlib cannot start a replacement worker
+    # (its manager thread needs the executor) and fails the queued work; fastpool's
+    # reader needs only the shared state, so the queued work still runs.
+    "ProcessPoolExecutorTest.test_gc_during_max_tasks_worker_exit_gh152967": (
+        "gh-152967", "the queued work still runs after the executor is garbage-"
+        "collected (its replacement worker needs no executor), instead of failing",
+        "tests/test_process_stdlib.py::test_queued_work_runs_after_the_executor_is_collected"),
+    "ProcessPoolExecutorTest.test_shutdown_no_wait_max_tasks_gh119592": (
+        "gh-119592", "its drop_reference=True case: as gh-152967 (the other case passes)",
+        "tests/test_process_stdlib.py::test_queued_work_runs_after_the_executor_is_collected"),
+}.items():
+    INTENDED_PROCESS[f"test_concurrent_futures*.ProcessPool*{_test}"] = (*_entry, (99, 0))
 
 
 def intended_process() -> dict[str, tuple[str, str, str]]:
