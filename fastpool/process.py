@@ -771,9 +771,9 @@ class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
         - with the default `chunksize=1` the inputs are sent in chunks (about 4
           per worker, at most 256 items);
         - the input is read lazily past its first window (4 chunks per worker,
-          the first ones sized by it): one more chunk is submitted as the
-          iterator moves past one, so a huge or endless input is never held in
-          memory. An input that fits in the window is submitted at once, as
+          the first ones sized by it): a second window is submitted, then one
+          more chunk as the iterator moves past one, so a huge or endless
+          input is never held in memory. An input that fits in the window is submitted at once, as
           with the stdlib; `shutdown()` (except with cancel_futures) submits
           what is left of every unfinished map first, so that all of it still
           runs. An exception raised by the input is raised by the iterator
@@ -810,6 +810,10 @@ class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
             return _results(fs, end_time, None)
         feed = _Feed(self, fn, _chunked(args, chunksize), fs)
         self._state.feeds.add(feed)
+        # A second window in flight: a worker back for more finds chunks queued
+        # while the consumer catches up (measured: 0.75-0.94x Pool.imap(256) for a
+        # no-op, against 0.66-0.74x with one window).
+        feed.more(window)
         return _results(fs, end_time, feed)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
