@@ -26,3 +26,11 @@ import fastpool
 
 concurrent.futures.ThreadPoolExecutor = fastpool.ThreadPoolExecutor
 concurrent.futures.thread.ThreadPoolExecutor = fastpool.ThreadPoolExecutor  # type: ignore[misc]
+
+# The process case (tools/stdlib_tests.py --processes): fastpool's ProcessPoolExecutor
+# in the stdlib's place too. Only then: the thread case runs exactly as before.
+if os.environ.get("FASTPOOL_STDLIB_SWAP_PROCESS"):
+    import concurrent.futures.process
+
+    concurrent.futures.ProcessPoolExecutor = fastpool.ProcessPoolExecutor  # type: ignore[misc]
+    concurrent.futures.process.ProcessPoolExecutor = fastpool.ProcessPoolExecutor  # type: ignore[misc]
