@@ -359,8 +359,12 @@ class Pool(ThreadPoolExecutor):
                  initializer: Callable[..., object] | None = None,
                  initargs: tuple[Any, ...] = (), backend: Any = None,
                  dead_letter_maxlen: int | None = None) -> None:
-        dask: DaskBackend | None = None
-        if backend is not None:
+        dask: Any = None  # a DaskBackend or a ProcessBackend: call(), default_workers()
+        if isinstance(backend, str) or getattr(backend, "_fastpool_processes", False):
+            from ._procbackend import process_backend  # imports multiprocessing
+            dask = process_backend(backend, initializer, initargs, copy_context, name)
+            initializer, initargs = None, ()  # run in each worker process, not thread
+        elif backend is not None:
             dask = DaskBackend(backend)
             # Both would run in the local dispatcher threads, not where the tasks run.
             if initializer is not None:
@@ -1298,6 +1302,8 @@ class Pool(ThreadPoolExecutor):
             self._abandon_workers()
         elif wait and not in_worker:
             self._join_workers()
+        if hasattr(self._backend, "close"):  # worker processes: stopped, or killed
+            self._backend.close(timed_out, wait and not in_worker)
         # Its thread exits once no retry or deadline is pending.
         self._timer.stop()
         return report
