@@ -54,11 +54,9 @@ try:
 except ImportError:  # an optional extra
     _cloudpickle = None
 
-# A dispatcher waiting for its process's answer looks at the token this often (s):
-# the token's callback terminates the process at once, this only bounds the grace.
-_CHECK_EVERY = 0.25
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
-_STOP = b""  # sent to an idle process: exit
+_STOP = b""
+_SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)  # Windows: TerminateProcess both  # sent to an idle process: exit
 
 # Answers of a worker process: (kind, value).
 _OK, _RAISED, _INIT_FAILED = 0, 1, 2
@@ -165,18 +163,28 @@ def _send(conn: Connection, answer: tuple[int, Any]) -> None:
 # --------------------------------------------------------------------------- parent
 
 def default_context() -> BaseContext:
-    """The platform's safe start method: the one the program set, else the default,
-    except fork of this (threaded) parent, which can deadlock the child: forkserver
-    then, as Python 3.14 chose."""
-    if mp.get_start_method(allow_none=True) is not None:
-        return mp.get_context()
-    # Read without fixing it (mp.get_context() would, and a later set_start_method()
-    # would then fail).
-    methods = mp.get_all_start_methods()
-    method = methods[0]
-    if method == "fork" and "forkserver" in methods:
+    """The platform's safe start method: the one the program set, else the platform's
+    default -- but never fork of this (threaded) parent, which can deadlock the child:
+    forkserver then, as Python 3.14 chose. (A fixed "fork" is no proof that the program
+    chose it: multiprocessing fixes its default the first time it starts a process.)"""
+    method = mp.get_start_method(allow_none=True)
+    if method is None:
+        # Read without fixing it (mp.get_context() would, and a later
+        # set_start_method() would then fail).
+        method = mp.get_all_start_methods()[0]
+    if method == "fork" and "forkserver" in mp.get_all_start_methods():
         method = "forkserver"
     return mp.get_context(method)
+
+
+def _preload_in_forkserver() -> None:
+    # A worker forked by the forkserver imports fastpool before it can run (~0.1-0.2 s
+    # here, most of a process start): let the forkserver import it once, for all its
+    # children, besides what the program asked for. Only before the forkserver starts.
+    from multiprocessing import forkserver
+    mods = getattr(forkserver._forkserver, "_preload_modules", None)
+    if isinstance(mods, list) and __name__ not in mods:
+        forkserver.set_forkserver_preload([*mods, __name__])
 
 
 def _describe(exitcode: int | None) -> str:
@@ -193,11 +201,13 @@ def _describe(exitcode: int | None) -> str:
 class _Proc:
     """One worker process and the parent's ends of its pipes."""
 
-    __slots__ = ("process", "conn", "alive", "calls", "lock", "current", "doomed",
+    __slots__ = ("process", "conn", "alive", "calls", "lock", "current", "doomed", "grace",
                  "__weakref__")
 
-    def __init__(self, process: Any, conn: Connection, alive: Connection) -> None:
+    def __init__(self, process: Any, conn: Connection, alive: Connection,
+                 grace: float) -> None:
         self.process = process
+        self.grace = grace
         self.conn = conn
         self.alive = alive
         self.calls = 0
@@ -213,6 +223,11 @@ class _Proc:
                 return
             self.doomed = True
         self._signal(signal.SIGTERM)
+        # SIGKILL after the grace, should it ignore SIGTERM (a handler the initializer
+        # installed): the dispatcher is blocked reading its pipe till it dies.
+        killer = threading.Timer(self.grace, self._signal, (_SIGKILL,))
+        killer.daemon = True
+        killer.start()
 
     def _signal(self, sig: int) -> None:
         pid = self.process.pid
@@ -235,7 +250,7 @@ class _Proc:
         self.close()
         self.process.join(grace)
         if self.process.exitcode is None:
-            self._signal(getattr(signal, "SIGKILL", signal.SIGTERM))
+            self._signal(_SIGKILL)
             self.process.join(5.0)
 
 
@@ -285,6 +300,8 @@ class ProcessBackend:
                              "spawn")
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
             raise ValueError(f"`grace` must be a number >= 0, got {grace!r}")
+        if mp_context.get_start_method() == "forkserver":
+            _preload_in_forkserver()
         self.max_tasks_per_child = max_tasks_per_child
         self.mp_context = mp_context
         self.grace = float(grace)
@@ -342,7 +359,7 @@ class ProcessBackend:
             for old in [p for p in self._procs if p.process.exitcode is not None]:
                 del self._procs[old]
             process.start()
-            proc = _Proc(process, conn, alive_w)
+            proc = _Proc(process, conn, alive_w, self.grace)
             self._procs[proc] = None
         # The child has its own copies: ours must go, or its EOF never comes.
         child_conn.close()
@@ -423,23 +440,12 @@ class ProcessBackend:
         raise value
 
     def _wait(self, proc: _Proc, token: CancelToken) -> tuple[int, Any] | None:
-        conn = proc.conn
-        doomed_at = None
-        while True:
-            try:
-                if conn.poll(_CHECK_EVERY):
-                    return pickle.loads(conn.recv_bytes())  # type: ignore[no-any-return]
-            except (EOFError, OSError):
-                return None
-            if proc.doomed or token.cancelled:
-                # Terminated (the callback sent SIGTERM): SIGKILL after the grace.
-                if doomed_at is None:
-                    doomed_at = monotonic()
-                    with proc.lock:
-                        proc.doomed = True
-                    proc._signal(signal.SIGTERM)
-                elif monotonic() - doomed_at >= self.grace:
-                    return None
+        # A blocking read, no select() per call: a cancelled token terminates the
+        # process (_Proc.interrupt), whose death ends the read with EOF.
+        try:
+            return pickle.loads(proc.conn.recv_bytes())  # type: ignore[no-any-return]
+        except (EOFError, OSError):
+            return None
 
     # -- ending ---------------------------------------------------------------------
 
@@ -456,7 +462,7 @@ class ProcessBackend:
             procs = list(self._procs)
         for proc in procs:
             if abandon:
-                proc._signal(getattr(signal, "SIGKILL", signal.SIGTERM))
+                proc._signal(_SIGKILL)
             else:
                 proc.close()
         for proc in procs:
