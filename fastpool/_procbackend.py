@@ -27,6 +27,7 @@ backend="processes".
 from __future__ import annotations
 
 import atexit
+import importlib
 import itertools
 import multiprocessing as mp
 import os
@@ -35,7 +36,6 @@ import signal
 import sys
 import threading
 import weakref
-from time import monotonic
 from concurrent.futures import CancelledError
 from concurrent.futures import process as _stdlib
 from concurrent.futures.process import BrokenProcessPool
@@ -49,9 +49,11 @@ __all__ = ["ProcessBackend", "WorkerCrashed"]
 
 EXTRA_HINT = "pip install 'fastpool[cloudpickle]'"
 
+_cloudpickle: Any
 try:
-    import cloudpickle as _cloudpickle
-except ImportError:  # an optional extra
+    # Through importlib: an optional extra, without type stubs.
+    _cloudpickle = importlib.import_module("cloudpickle")
+except ImportError:
     _cloudpickle = None
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -345,7 +347,7 @@ class ProcessBackend:
     # -- processes ------------------------------------------------------------------
 
     def _start(self) -> _Proc:
-        ctx = self.mp_context
+        ctx: Any = self.mp_context  # typeshed's BaseContext lacks Process
         conn, child_conn = ctx.Pipe(duplex=True)
         alive_r, alive_w = ctx.Pipe(duplex=False)
         process = ctx.Process(target=_worker_main, args=(child_conn, alive_r, self._init),

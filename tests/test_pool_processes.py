@@ -21,9 +21,8 @@ import pytest
 import proc_support as ps
 from pool_support import PROMPT, check_invariant, wait_until
 
-from fastpool import CancelToken, DeadlineExceeded, Pool, QueueFull, Retry
-from fastpool import _procbackend
-from fastpool._procbackend import ProcessBackend, WorkerCrashed
+from fastpool import (CancelToken, DeadlineExceeded, Pool, ProcessBackend, QueueFull, Retry,
+                      WorkerCrashed, _procbackend)
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and /proc")
 LINUX = sys.platform.startswith("linux")
