@@ -339,8 +339,9 @@ class Pool(ThreadPoolExecutor):
         copy_context: run each task in a copy of the submitter's contextvars context.
         name: prefix of the worker threads' names.
         initializer, initargs: run in each worker thread when it starts.
-        backend: None (threads), or a dask.distributed.Client: tasks run on its
-            cluster, `workers` bounds the calls in flight there (default: the
+        backend: None (threads); "processes" or a ProcessBackend: tasks run in worker
+            processes (README.md, "Running in worker processes"); or a
+            dask.distributed.Client: tasks run on its cluster, `workers` bounds the calls in flight there (default: the
             cluster's threads); `initializer` and `copy_context` are refused (see
             README.md, "Running on a Dask cluster").
         dead_letter_maxlen: bound on `dead_letters` (None: unbounded); when full the
