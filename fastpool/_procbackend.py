@@ -57,8 +57,8 @@ except ImportError:
     _cloudpickle = None
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
-_STOP = b""
-_SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)  # Windows: TerminateProcess both  # sent to an idle process: exit
+_STOP = b""  # sent to an idle process: exit (closing its pipes does the same)
+_SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)  # Windows: TerminateProcess both
 
 # Answers of a worker process: (kind, value).
 _OK, _RAISED, _INIT_FAILED = 0, 1, 2

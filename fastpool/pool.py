@@ -341,9 +341,9 @@ class Pool(ThreadPoolExecutor):
         initializer, initargs: run in each worker thread when it starts.
         backend: None (threads); "processes" or a ProcessBackend: tasks run in worker
             processes (README.md, "Running in worker processes"); or a
-            dask.distributed.Client: tasks run on its cluster, `workers` bounds the calls in flight there (default: the
-            cluster's threads); `initializer` and `copy_context` are refused (see
-            README.md, "Running on a Dask cluster").
+            dask.distributed.Client: tasks run on its cluster, `workers` bounds the
+            calls in flight there (default: the cluster's threads); `initializer` and
+            `copy_context` are refused (see README.md, "Running on a Dask cluster").
         dead_letter_maxlen: bound on `dead_letters` (None: unbounded); when full the
             oldest letter is dropped and counted (dead_letters.dropped, and
             stats().dead_letters_dropped).
