@@ -426,8 +426,14 @@ class ProcessBackend:
                 raise CancelledError() if reason is None else CancelledError(reason)
             if exitcode is None:
                 exitcode = proc.process.exitcode
+            hint = ""
+            if proc.calls == 0 and exitcode == 1:
+                # Died starting: most often a main module without the guard (spawn and
+                # forkserver import it in the child), the traceback is on its stderr.
+                hint = (" while starting (see its traceback on stderr; the main module "
+                        "needs an `if __name__ == '__main__':` guard)")
             raise WorkerCrashed(f"the worker process (pid {proc.process.pid}) running "
-                                f"{fn!r} died: {_describe(exitcode)}")
+                                f"{fn!r} died{hint}: {_describe(exitcode)}")
         proc.calls += 1
         if proc.doomed or (self.max_tasks_per_child is not None
                            and proc.calls >= self.max_tasks_per_child):
