@@ -108,23 +108,32 @@ def test_unpicklable_result_fails_its_task(procpool):
     assert pool.submit(ps.square, 3).result(PROMPT) == 9
 
 
-def test_main_function_without_cloudpickle_names_the_extra(run_py):
-    # `python -c`: __main__ cannot be imported by a worker, plain pickle sends it by name.
+@pytest.mark.parametrize("cloudpickle", [True, False])
+def test_main_function(run_py, cloudpickle):
+    # `python -c`: a worker cannot import __main__, so plain pickle (by name) cannot
+    # send its functions; cloudpickle sends them by value.
+    if cloudpickle:
+        pytest.importorskip("cloudpickle")
     code = textwrap.dedent("""
+        import sys
         import fastpool._procbackend as pb
-        pb._cloudpickle = None
+        if sys.argv[1] == "no":
+            pb._cloudpickle = None
         from fastpool import Pool
-        def f():
-            return 1
+        def f(x):
+            return x + 1
         with Pool(1, backend="processes") as pool:
             try:
-                pool.submit(f).result(30)
+                print("OK", pool.submit(f, 1).result(30))
             except RuntimeError as exc:
                 print("ERR", exc)
     """)
-    done = run_py(code)
+    done = run_py(code, args=("yes" if cloudpickle else "no",))
     assert done.returncode == 0, done
-    assert "fastpool[cloudpickle]" in done.stdout, done
+    if cloudpickle:
+        assert "OK 2" in done.stdout, done
+    else:
+        assert "ERR" in done.stdout and "fastpool[cloudpickle]" in done.stdout, done
 
 
 def test_backpressure_and_try_submit(procpool, tmp_path):
