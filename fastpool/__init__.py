@@ -26,6 +26,7 @@ from .stats import Stats
 Future = core.Future
 
 if TYPE_CHECKING:
+    from ._procbackend import ProcessBackend, WorkerCrashed
     from .process import ProcessPoolExecutor
 
 
@@ -34,6 +35,9 @@ def __getattr__(name: str) -> object:
     if name == "ProcessPoolExecutor":
         from .process import ProcessPoolExecutor
         return ProcessPoolExecutor
+    if name in ("ProcessBackend", "WorkerCrashed"):  # Pool(backend="processes")
+        from . import _procbackend
+        return getattr(_procbackend, name)
     raise AttributeError(f"module 'fastpool' has no attribute {name!r}")
 
 
@@ -52,6 +56,7 @@ __all__ = [
     "DeadlineExceeded",
     "Future",
     "Pool",
+    "ProcessBackend",
     "ProcessPoolExecutor",
     "QueueFull",
     "Retry",
@@ -59,6 +64,7 @@ __all__ = [
     "Stats",
     "Task",
     "ThreadPoolExecutor",
+    "WorkerCrashed",
     "__version__",
     "as_completed",
     "current_token",

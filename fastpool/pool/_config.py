@@ -23,7 +23,11 @@ class PoolConfig(NamedTuple):
     queue_size: int  # 0: unbounded
     retry: Retry | None
     pacer: Pacer | None
-    backend: DaskBackend | None
+    backend: Any  # None, a DaskBackend or a ProcessBackend: call(), default_workers()
+    # Run in each worker thread when it starts (None on processes: it runs in each
+    # worker process there).
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
 
 
 def check_workers(workers: Any) -> None:
@@ -36,10 +40,14 @@ def check_workers(workers: Any) -> None:
 def check_config(workers: int | None, min_workers: int | None, idle_timeout: float | None,
                  queue_size: int | None, retry: Retry | None, rate_limit: Any,
                  copy_context: bool, name: str, initializer: Callable[..., object] | None,
-                 backend: Any) -> PoolConfig:
+                 initargs: tuple[Any, ...], backend: Any) -> PoolConfig:
     """Pool(...)'s arguments, checked in this order (the first error is raised)."""
-    dask: DaskBackend | None = None
-    if backend is not None:
+    dask: Any = None
+    if isinstance(backend, str) or getattr(backend, "_fastpool_processes", False):
+        from .._procbackend import process_backend  # imports multiprocessing: only now
+        dask = process_backend(backend, initializer, initargs, copy_context, name)
+        initializer, initargs = None, ()  # run in each worker process, not thread
+    elif backend is not None:
         dask = DaskBackend(backend)
         # Both would run in the local dispatcher threads, not where the tasks run.
         if initializer is not None:
@@ -74,4 +82,4 @@ def check_config(workers: int | None, min_workers: int | None, idle_timeout: flo
     if not isinstance(name, str):
         raise TypeError(f"`name` must be a str, got {name!r}")
     return PoolConfig(workers, min_workers, idle_timeout, queue_size, retry,
-                      pacer(rate_limit), dask)
+                      pacer(rate_limit), dask, initializer, initargs)

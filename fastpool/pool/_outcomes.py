@@ -14,7 +14,6 @@ from concurrent.futures import CancelledError, _base
 from time import monotonic, time
 from typing import Any, Callable
 
-from .._dask import DaskBackend
 from .._states import (N_CANCELLED, N_DEAD_LETTERED, N_FAILED, N_NOT_STARTED, N_QUEUED,
                        N_RETRIED, N_RETRYING, N_RUNNING, N_SUCCEEDED, PUT_FULL, PUT_OK,
                        TASK_ABANDONED, TASK_DONE, TASK_OVERDUE, TASK_QUEUED, TASK_RETRY,
@@ -43,13 +42,13 @@ class Outcomes:
     letters."""
 
     def __init__(self, state: PoolState, name: str, dead_letters: DeadLetterQueue,
-                 pacer: Pacer | None, backend: DaskBackend | None,
+                 pacer: Pacer | None, backend: Any,
                  room_made: Callable[[], None], start_if_needed: Callable[[], None]) -> None:
         self._state = state
         self._name = name
         self.dead_letters = dead_letters
         self.pacer = pacer
-        self._backend = backend
+        self.backend = backend  # None, a DaskBackend or a ProcessBackend
         self._room_made = room_made
         self._start_if_needed = start_if_needed
         self.timer = Timer(f"{name}-timer")
@@ -61,7 +60,7 @@ class Outcomes:
         try:
             if self._state.ledger.room_waiters:
                 self._room_made()  # taking this task made room in the queue
-            if task.opts is None and self._backend is None:
+            if task.opts is None and self.backend is None:
                 if self.pacer is not None:
                     self.pacer.wait_turn(task.future, self._state.stop)
                 task.run_plain()
@@ -113,10 +112,10 @@ class Outcomes:
         if run_token is not None:
             _local.current = run_token
         try:
-            if self._backend is not None:
+            if self.backend is not None:
                 # Remote code cannot see current_token(): the backend watches the token
                 # that governs the task and cancels the remote call with it.
-                result = self._backend.call(task.fn, task.args, task.kwargs,
+                result = self.backend.call(task.fn, task.args, task.kwargs,
                                             st.token if run_token is None else run_token)
             elif opts is not None and opts.ctx is not None:
                 result = opts.ctx.run(task.fn, *task.args, **task.kwargs)

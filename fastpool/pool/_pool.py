@@ -64,10 +64,11 @@ class Pool(ThreadPoolExecutor):
         copy_context: run each task in a copy of the submitter's contextvars context.
         name: prefix of the worker threads' names.
         initializer, initargs: run in each worker thread when it starts.
-        backend: None (threads), or a dask.distributed.Client: tasks run on its
-            cluster, `workers` bounds the calls in flight there (default: the
-            cluster's threads); `initializer` and `copy_context` are refused (see
-            README.md, "Running on a Dask cluster").
+        backend: None (threads); "processes" or a ProcessBackend: tasks run in worker
+            processes (README.md, "Running in worker processes"); or a
+            dask.distributed.Client: tasks run on its cluster, `workers` bounds the
+            calls in flight there (default: the cluster's threads); `initializer` and
+            `copy_context` are refused (see README.md, "Running on a Dask cluster").
         dead_letter_maxlen: bound on `dead_letters` (None: unbounded); when full the
             oldest letter is dropped and counted (dead_letters.dropped, and
             stats().dead_letters_dropped).
@@ -100,10 +101,11 @@ class Pool(ThreadPoolExecutor):
         """Start a pool (no thread yet: workers start as work comes). The parameters
         are described in the class docstring."""
         cfg = check_config(workers, min_workers, idle_timeout, queue_size, retry, rate_limit,
-                           copy_context, name, initializer, backend)
+                           copy_context, name, initializer, initargs, backend)
         self.dead_letters = DeadLetterQueue(dead_letter_maxlen)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        initializer, initargs = cfg.initializer, cfg.initargs  # (threads'; see PoolConfig)
         self._name = name
         self._queue_size = cfg.queue_size
         self._retry = cfg.retry

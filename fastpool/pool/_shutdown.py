@@ -93,6 +93,9 @@ class Shutdown:
             self._workers.abandon()
         elif wait and not in_worker:
             self._workers.join()
+        backend = self._outcomes.backend
+        if hasattr(backend, "close"):  # worker processes: stopped, or killed
+            backend.close(timed_out, wait and not in_worker)
         # Its thread exits once no retry or deadline is pending.
         self._outcomes.timer.stop()
         return report

@@ -1,0 +1,529 @@
+"""Pool(backend="processes"): the Pool's tasks run in worker processes.
+
+The Pool stays local, as with the Dask backend (fastpool/_dask.py): the queue and its
+backpressure, retries and their timer, dead letters, tokens and deadlines, stats,
+shutdown reports and signals. Its worker threads become dispatchers, and each one owns
+one worker process (started on its first call, by the platform's safe start method):
+`call` sends the pickled call down that process's pipe and waits for the answer or for
+the task's governing token. What only a process allows:
+
+- a cancelled token (a deadline, a timed-out shutdown, the caller's token) *stops* the
+  call: the dispatcher terminates its process (SIGTERM, SIGKILL after `grace` s) and the
+  next call starts a fresh one;
+- a process that dies (killed, segfault, os._exit) fails only the call it ran, with
+  WorkerCrashed (which a Retry policy retries), and the next call starts a fresh one;
+- `max_tasks_per_child` recycles a process after that many calls.
+
+A process ends with its dispatcher thread (retired for idleness, or at shutdown: the
+thread-local that holds it is released and closes its pipes), with the pool
+(shutdown() reaps them all; a timed-out one kills them) and with the parent: each
+process has a watchdog thread reading a pipe only the parent writes to, whose EOF (the
+parent exited or was killed) ends the process at once, even in the middle of a call.
+
+multiprocessing is imported by this module only, which the Pool imports only for
+backend="processes".
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import itertools
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import sys
+import threading
+import weakref
+from concurrent.futures import CancelledError
+from concurrent.futures import process as _stdlib
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from typing import Any, Callable
+
+from .cancel import CancelToken
+
+__all__ = ["ProcessBackend", "WorkerCrashed"]
+
+EXTRA_HINT = "pip install 'fastpool[cloudpickle]'"
+
+_cloudpickle: Any
+try:
+    # Through importlib: an optional extra, without type stubs.
+    _cloudpickle = importlib.import_module("cloudpickle")
+except ImportError:
+    _cloudpickle = None
+
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_STOP = b""  # sent to an idle process: exit (closing its pipes does the same)
+_SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)  # Windows: TerminateProcess both
+
+# Answers of a worker process: (kind, value).
+_OK, _RAISED, _INIT_FAILED = 0, 1, 2
+
+# The stdlib's own wrappers: an exception crosses back with its formatted remote
+# traceback as __cause__, exactly as with concurrent.futures.ProcessPoolExecutor.
+_ExceptionWithTraceback: Callable[..., Any] = _stdlib._ExceptionWithTraceback
+
+
+class WorkerCrashed(BrokenProcessPool):
+    """The worker process running this task died (killed, segfault, os._exit).
+
+    Only this task fails: the pool starts a fresh process for the next one, so a Retry
+    policy retries it (and dead-letters it after its last attempt). A subclass of the
+    stdlib's BrokenProcessPool -- what a dead worker raises there, so existing handlers
+    keep catching it -- and so of RuntimeError."""
+
+
+# --------------------------------------------------------------------------- pickling
+
+def _dumps(obj: Any, what: str) -> bytes:
+    """pickle, or cloudpickle for what pickle cannot carry by reference (lambdas,
+    closures, functions defined in __main__, which a worker may not be able to
+    import: `python -c`, a notebook, stdin)."""
+    if _cloudpickle is not None and _by_value(obj):
+        return _cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
+    try:
+        return pickle.dumps(obj, _PROTOCOL)
+    except Exception as exc:
+        if _cloudpickle is None:
+            raise TypeError(f"cannot pickle {what} for a worker process ({exc}); lambdas, "
+                            f"closures and functions defined in __main__ need cloudpickle: "
+                            f"{EXTRA_HINT}") from exc
+        return _cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
+
+
+def _by_value(obj: Any) -> bool:
+    # The call tuple (fn, args, kwargs): a __main__ function goes by value.
+    fn = obj[0] if isinstance(obj, tuple) and obj else obj
+    return getattr(fn, "__module__", None) == "__main__"
+
+
+# --------------------------------------------------------------------------- worker
+
+def _watch_parent(alive: Connection) -> None:
+    # Only the parent holds the other end: EOF means it closed it (the pool is done
+    # with this process) or it died, even SIGKILLed. Either way: exit now, whatever
+    # the main thread is running.
+    try:
+        alive.poll(None)
+    except BaseException:
+        pass
+    os._exit(0)
+
+
+def _worker_main(conn: Connection, alive: Connection, init: bytes) -> None:
+    # Ctrl-C in a terminal signals the whole process group: the parent decides what
+    # happens to running tasks (handle_signals drains them), not the interrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(alive,), daemon=True,
+                     name="fastpool-parent-watch").start()
+    init_error = None
+    try:
+        initializer, initargs = pickle.loads(init)
+        if initializer is not None:
+            initializer(*initargs)
+    except BaseException as exc:
+        init_error = _ExceptionWithTraceback(exc, exc.__traceback__)
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if data == _STOP:
+            return
+        if init_error is not None:
+            _send(conn, (_INIT_FAILED, init_error))
+            return
+        try:
+            fn, args, kwargs = pickle.loads(data)
+            answer = (_OK, fn(*args, **kwargs))
+        except BaseException as exc:
+            if isinstance(exc, AttributeError) and "__main__" in str(exc):
+                exc = RuntimeError(f"a worker process cannot import the function ({exc}): "
+                                   f"functions defined in __main__ need cloudpickle, "
+                                   f"{EXTRA_HINT}")
+            answer = (_RAISED, _ExceptionWithTraceback(exc, exc.__traceback__))
+        fn = args = kwargs = None
+        _send(conn, answer)
+        answer = None  # type: ignore[assignment]
+
+
+def _send(conn: Connection, answer: tuple[int, Any]) -> None:
+    try:
+        data = _dumps(answer, "the result")
+    except BaseException as exc:
+        # The result (or the exception) does not pickle: the task fails with why.
+        err = RuntimeError(f"cannot send the task's {'result' if answer[0] == _OK else 'exception'}"
+                           f" back from the worker process: {exc!r}")
+        data = pickle.dumps((_RAISED, _ExceptionWithTraceback(err, exc.__traceback__)))
+    conn.send_bytes(data)
+
+
+# --------------------------------------------------------------------------- parent
+
+def default_context() -> BaseContext:
+    """The platform's safe start method: the one the program set, else the platform's
+    default -- but never fork of this (threaded) parent, which can deadlock the child:
+    forkserver then, as Python 3.14 chose. (A fixed "fork" is no proof that the program
+    chose it: multiprocessing fixes its default the first time it starts a process.)"""
+    method = mp.get_start_method(allow_none=True)
+    if method is None:
+        # Read without fixing it (mp.get_context() would, and a later
+        # set_start_method() would then fail).
+        method = mp.get_all_start_methods()[0]
+    if method == "fork" and "forkserver" in mp.get_all_start_methods():
+        method = "forkserver"
+    return mp.get_context(method)
+
+
+def _preload_in_forkserver() -> None:
+    # A worker forked by the forkserver imports fastpool before it can run (~0.1-0.2 s
+    # here, most of a process start): let the forkserver import it once, for all its
+    # children, besides what the program asked for. Only before the forkserver starts.
+    from multiprocessing import forkserver
+    mods = getattr(forkserver._forkserver, "_preload_modules", None)
+    if isinstance(mods, list) and __name__ not in mods:
+        forkserver.set_forkserver_preload([*mods, __name__])
+
+
+def _describe(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "unknown exit code"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+class _Proc:
+    """One worker process and the parent's ends of its pipes."""
+
+    __slots__ = ("process", "conn", "alive", "calls", "lock", "current", "doomed", "grace",
+                 "__weakref__")
+
+    def __init__(self, process: Any, conn: Connection, alive: Connection,
+                 grace: float) -> None:
+        self.process = process
+        self.grace = grace
+        self.conn = conn
+        self.alive = alive
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.current = 0  # id of the call running now (0: none)
+        self.doomed = False  # terminated by a token: never reused
+
+    def interrupt(self, call_id: int) -> None:
+        # A token's callback, in whichever thread cancelled it: only if that call still
+        # runs here (a late callback must not kill the next call's process).
+        with self.lock:
+            if self.current != call_id or self.doomed:
+                return
+            self.doomed = True
+        self._signal(signal.SIGTERM)
+        # SIGKILL after the grace, should it ignore SIGTERM (a handler the initializer
+        # installed): the dispatcher is blocked reading its pipe till it dies.
+        killer = threading.Timer(self.grace, self._signal, (_SIGKILL,))
+        killer.daemon = True
+        killer.start()
+
+    def _signal(self, sig: int) -> None:
+        pid = self.process.pid
+        if pid is not None and self.process.exitcode is None:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass  # gone already
+
+    def close(self) -> None:
+        """Tell the process to exit (non-blocking): its watchdog sees the EOF."""
+        for c in (self.alive, self.conn):
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def reap(self, grace: float) -> None:
+        """Wait `grace` s for the process to exit, then SIGKILL it and wait."""
+        self.close()
+        self.process.join(grace)
+        if self.process.exitcode is None:
+            self._signal(_SIGKILL)
+            self.process.join(5.0)
+
+
+class _Slot:
+    """Held by a dispatcher thread (threading.local): released with the thread, which
+    closes the process it owns. (Its finalizer holds `cell`, not the slot.)"""
+
+    __slots__ = ("cell", "__weakref__")
+
+    def __init__(self) -> None:
+        self.cell: list[_Proc | None] = [None]
+
+
+class ProcessBackend:
+    """Worker processes for `Pool(backend=...)`; ``backend="processes"`` is
+    ``ProcessBackend()``.
+
+    Args:
+        max_tasks_per_child: a process exits after this many calls and the next call
+            starts a fresh one (None: never).
+        mp_context: a multiprocessing context (its start method); default: the
+            platform's safe one (forkserver where the default is fork, as on Linux
+            before Python 3.14; spawn on macOS and Windows).
+        grace: seconds a process stopped by a token (deadline, shutdown timeout) gets
+            after SIGTERM before SIGKILL.
+
+    One ProcessBackend serves one Pool.
+    """
+
+    _fastpool_processes = True  # how the Pool tells it from a Dask Client (no import)
+
+    def __init__(self, *, max_tasks_per_child: int | None = None,
+                 mp_context: BaseContext | None = None, grace: float = 0.5) -> None:
+        if max_tasks_per_child is not None:
+            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
+                raise TypeError(f"`max_tasks_per_child` must be an int or None, "
+                                f"got {max_tasks_per_child!r}")
+            if max_tasks_per_child < 1:
+                raise ValueError(f"`max_tasks_per_child` must be >= 1, got {max_tasks_per_child}")
+        if mp_context is None:
+            mp_context = default_context()
+        elif not isinstance(mp_context, BaseContext):
+            raise TypeError(f"`mp_context` must be a multiprocessing context, got {mp_context!r}")
+        if mp_context.get_start_method() == "fork":
+            raise ValueError("the fork start method is refused: forking a parent that runs "
+                             "threads (the pool's) can deadlock the child; use forkserver or "
+                             "spawn")
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
+            raise ValueError(f"`grace` must be a number >= 0, got {grace!r}")
+        if mp_context.get_start_method() == "forkserver":
+            _preload_in_forkserver()
+        self.max_tasks_per_child = max_tasks_per_child
+        self.mp_context = mp_context
+        self.grace = float(grace)
+        self._init = b""
+        self._name = "fastpool"
+        self._bound = False
+        self._lock = threading.Lock()
+        self._procs: dict[_Proc, None] = {}  # every live process (insertion-ordered set)
+        self._local = threading.local()
+        self._ids = itertools.count(1)
+        self._closed = False  # a timed-out shutdown killed them all: start no more
+        self.broken: str | None = None
+
+    # -- set up by the Pool ---------------------------------------------------------
+
+    def bind(self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
+             copy_context: bool, name: str) -> None:
+        if self._bound:
+            raise ValueError("a ProcessBackend serves one Pool: make one per Pool")
+        if copy_context:
+            raise ValueError("`copy_context=True` cannot carry contextvars into worker "
+                             "processes")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        # Pickled now: a failure is the constructor's error, not every task's.
+        self._init = _dumps((initializer, tuple(initargs)), "the initializer")
+        self._name = name
+        self._bound = True
+        _live.add(self)
+
+    def default_workers(self) -> int:
+        """One process per CPU this process may run on."""
+        if hasattr(os, "process_cpu_count"):
+            n = os.process_cpu_count()
+        elif hasattr(os, "sched_getaffinity"):
+            n = len(os.sched_getaffinity(0))
+        else:
+            n = os.cpu_count()
+        return max(1, n or 1)
+
+    # -- processes ------------------------------------------------------------------
+
+    def _start(self) -> _Proc:
+        ctx: Any = self.mp_context  # typeshed's BaseContext lacks Process
+        conn, child_conn = ctx.Pipe(duplex=True)
+        alive_r, alive_w = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=_worker_main, args=(child_conn, alive_r, self._init),
+                              name=f"{self._name}-process")
+        with self._lock:
+            if self._closed:
+                for c in (conn, child_conn, alive_r, alive_w):
+                    c.close()
+                raise CancelledError("the pool was shut down")
+            # Reap the processes of retired dispatchers (exited, or exiting: closed).
+            for old in [p for p in self._procs if p.process.exitcode is not None]:
+                del self._procs[old]
+            process.start()
+            proc = _Proc(process, conn, alive_w, self.grace)
+            self._procs[proc] = None
+        # The child has its own copies: ours must go, or its EOF never comes.
+        child_conn.close()
+        alive_r.close()
+        return proc
+
+    def _mine(self) -> _Slot:
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is None:
+            slot = self._local.slot = _Slot()
+            # The slot dies with this thread's locals (the thread exits: idle retire,
+            # shutdown): its process is told to exit then.
+            weakref.finalize(slot, _release, slot.cell)
+        return slot
+
+    def _drop(self, slot: _Slot, proc: _Proc, grace: float) -> None:
+        slot.cell[0] = None
+        proc.reap(grace)
+        with self._lock:
+            self._procs.pop(proc, None)
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+             token: CancelToken) -> Any:
+        """Run fn(*args, **kwargs) in this thread's worker process; raise CancelledError
+        if `token` is cancelled first (the process is stopped), WorkerCrashed if the
+        process dies."""
+        if self.broken is not None:
+            raise BrokenProcessPool(self.broken)
+        data = _dumps((fn, args, kwargs), f"the call of {fn!r}")
+        slot = self._mine()
+        proc = slot.cell[0]
+        if proc is not None:
+            try:
+                proc.conn.send_bytes(data)
+            except OSError:
+                # It died while idle (killed): the call never started there.
+                self._drop(slot, proc, 0.0)
+                proc = None
+        if proc is None:
+            if token.cancelled:
+                raise CancelledError(token.reason)
+            proc = slot.cell[0] = self._start()
+            try:
+                proc.conn.send_bytes(data)
+            except OSError:
+                pass  # died at once (initializer called os._exit...): seen below as EOF
+        call_id = next(self._ids)
+        proc.current = call_id
+        handle = token.add_callback(lambda _t: proc.interrupt(call_id))
+        try:
+            answer = self._wait(proc, token)
+        finally:
+            token.remove_callback(handle)
+            with proc.lock:
+                proc.current = 0
+        if answer is None:
+            # No answer: stopped by the token, or dead.
+            exitcode = proc.process.exitcode
+            self._drop(slot, proc, self.grace if proc.doomed else 1.0)
+            if proc.doomed or token.cancelled:
+                reason = token.reason
+                raise CancelledError() if reason is None else CancelledError(reason)
+            if exitcode is None:
+                exitcode = proc.process.exitcode
+            hint = ""
+            if proc.calls == 0 and exitcode == 1:
+                # Died starting: most often a main module without the guard (spawn and
+                # forkserver import it in the child), the traceback is on its stderr.
+                hint = (" while starting (see its traceback on stderr; the main module "
+                        "needs an `if __name__ == '__main__':` guard)")
+            raise WorkerCrashed(f"the worker process (pid {proc.process.pid}) running "
+                                f"{fn!r} died{hint}: {_describe(exitcode)}")
+        proc.calls += 1
+        if proc.doomed or (self.max_tasks_per_child is not None
+                           and proc.calls >= self.max_tasks_per_child):
+            self._drop(slot, proc, self.grace if proc.doomed else 5.0)
+        kind, value = answer
+        if kind == _OK:
+            return value
+        if kind == _INIT_FAILED:
+            self.broken = ("A process initializer failed, the process pool is not "
+                           "usable anymore")
+            raise BrokenProcessPool(self.broken) from value
+        raise value
+
+    def _wait(self, proc: _Proc, token: CancelToken) -> tuple[int, Any] | None:
+        # A blocking read, no select() per call: a cancelled token terminates the
+        # process (_Proc.interrupt), whose death ends the read with EOF.
+        try:
+            return pickle.loads(proc.conn.recv_bytes())  # type: ignore[no-any-return]
+        except (EOFError, OSError):
+            return None
+
+    # -- ending ---------------------------------------------------------------------
+
+    def close(self, abandon: bool, joined: bool) -> None:
+        """The Pool's shutdown hook. abandon: a timed-out shutdown (the calls still
+        running were cancelled): kill every process now. joined: every dispatcher has
+        exited: stop the (idle) processes. Otherwise (wait=False) the processes end
+        with their dispatcher threads."""
+        if not (abandon or joined):
+            return
+        with self._lock:
+            if abandon:
+                self._closed = True
+            procs = list(self._procs)
+        for proc in procs:
+            if abandon:
+                proc._signal(_SIGKILL)
+            else:
+                proc.close()
+        for proc in procs:
+            if abandon:
+                # The dispatcher still owns the pipes: only wait for the process.
+                proc.process.join(5.0)
+            else:
+                proc.reap(self.grace + 1.0)
+            with self._lock:
+                self._procs.pop(proc, None)
+
+    def _at_exit(self) -> None:
+        # Interpreter exit, after threading joined the pool's dispatchers (those not
+        # abandoned): stop what is left before multiprocessing's own exit handler
+        # joins its children (it would wait for ever for one that has our pipes open).
+        with self._lock:
+            self._closed = True
+            procs = list(self._procs)
+            self._procs.clear()
+        for proc in procs:
+            proc.close()
+        for proc in procs:
+            proc.reap(1.0)
+
+
+def _release(cell: list[_Proc | None]) -> None:
+    # A dispatcher thread ended: its process exits (EOF on its pipes). Nothing blocks
+    # here (thread teardown): the next start, close() or interpreter exit reaps it.
+    proc = cell[0]
+    cell[0] = None
+    if proc is not None:
+        proc.close()
+
+
+_live: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+
+
+def _exit_all() -> None:
+    for backend in list(_live):
+        backend._at_exit()
+
+
+# Registered after multiprocessing's own handler (imported above), so it runs before it.
+atexit.register(_exit_all)
+
+
+def process_backend(backend: Any, initializer: Callable[..., object] | None,
+                    initargs: tuple[Any, ...], copy_context: bool, name: str) -> ProcessBackend:
+    """The Pool's constructor: "processes" or a ProcessBackend, bound to the pool."""
+    if isinstance(backend, str):
+        if backend != "processes":
+            raise ValueError(f"`backend` must be None, 'processes', a ProcessBackend or a "
+                             f"dask.distributed.Client, got {backend!r}")
+        backend = ProcessBackend()
+    backend.bind(initializer, initargs, copy_context, name)
+    return backend  # type: ignore[no-any-return]

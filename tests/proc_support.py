@@ -1,0 +1,127 @@
+"""Functions run in worker processes by tests/test_pool_processes.py.
+
+Module-level in an importable module (tests/ is on sys.path, which a worker process
+inherits): the workers import them by name. Processes share no memory with the test,
+so gates and counters are files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+PROMPT = 15.0
+
+
+def square(x):
+    return x * x
+
+
+def pid(_=None):
+    return os.getpid()
+
+
+def sleep(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def gated(gate, value=None, started=None):
+    """Mark `started` (a directory: one file per pid), then wait for the file `gate`."""
+    if started is not None:
+        with open(os.path.join(started, str(os.getpid())), "w"):
+            pass
+    end = time.monotonic() + PROMPT * 2
+    while not os.path.exists(gate):
+        if time.monotonic() > end:
+            raise TimeoutError("gate never opened")
+        time.sleep(0.005)
+    return value
+
+
+def flaky(counter, fail_times, value=None):
+    """Fail the first `fail_times` calls (counted in the file `counter`)."""
+    with open(counter, "a") as f:
+        f.write("x")
+    with open(counter) as f:
+        n = len(f.read())
+    if n <= fail_times:
+        raise ValueError(f"attempt {n} fails")
+    return value
+
+
+def die(code=3):
+    os._exit(code)
+
+
+def die_once(counter, value=None):
+    """Crash the process on the first call, succeed after."""
+    with open(counter, "a") as f:
+        f.write("x")
+    with open(counter) as f:
+        if len(f.read()) == 1:
+            os._exit(9)
+    return value
+
+
+def boom(msg):
+    raise KeyError(msg)
+
+
+def unpicklable_result():
+    import threading
+    return threading.Lock()  # pickles with neither pickle nor cloudpickle
+
+
+STATE = {}
+
+
+def init(value):
+    STATE["init"] = (value, os.getpid())
+
+
+def init_fails():
+    raise OSError("no database")
+
+
+def read_init():
+    return STATE.get("init")
+
+
+def alive(pid):
+    """True if `pid` runs (a zombie does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def descendants(root):
+    """pids of every process below `root` (Linux /proc), zombies left out."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return sorted(out)
