@@ -271,7 +271,7 @@ def test_timed_shutdown_kills_what_still_runs(tmp_path):
     assert {t.future for t in report.still_running} == {stuck, other}
     assert [t.future for t in report.not_started] == [queued]
     # Nothing runs any more: every worker process is gone when shutdown returns.
-    assert pool._backend._procs == {}
+    assert pool._outcomes.backend._procs == {}
     assert not ps.alive(gate.pids()[0])
     if LINUX:
         assert _worker_pids() == []
