@@ -8,7 +8,7 @@ from concurrent.futures import _base
 from time import monotonic
 from typing import Any
 
-_PENDING = _base.PENDING
+_FUTURE_PENDING = _base.PENDING
 
 
 class Pacer:
@@ -31,7 +31,7 @@ class Pacer:
     def wait_turn(self, fut: Any, stop: threading.Event) -> None:
         """Wait for the slot of this start (of `fut`'s task), unless `stop` is set first
         (shutdown). A future cancelled meanwhile takes no slot."""
-        if fut._state == _PENDING:
+        if fut._state == _FUTURE_PENDING:
             delay = self.reserve()
             if delay > 0.0:
                 stop.wait(min(delay, threading.TIMEOUT_MAX))

@@ -159,16 +159,18 @@ class Pool(ThreadPoolExecutor):
                 return fut  # type: ignore[no-any-return]
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        task = self._task(fn, args, kwargs, None, self._retry)
-        self._submitter.put(task, None)
+        submitter = self._submitter
+        task = submitter.new_task(fn, args, kwargs, None, self._retry)
+        submitter.put(task, None)
         return task.future  # type: ignore[no-any-return]
 
     def try_submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future | None:
         """As submit(), but never block: None (counted in `rejected`) if the queue is full."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        task = self._task(fn, args, kwargs, None, self._retry)
-        return task.future if self._submitter.put(task, 0.0) else None
+        submitter = self._submitter
+        task = submitter.new_task(fn, args, kwargs, None, self._retry)
+        return task.future if submitter.put(task, 0.0) else None
 
     def schedule(self, fn: Callable[..., Any], args: Iterable[Any] = (),
                  kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,

@@ -16,8 +16,9 @@ Future = core.Future
 # that shutdown hands back.
 PoolTask = core.PoolTask
 
-_PENDING = _base.PENDING
-_RUNNING = _base.RUNNING
+# A Future's states (not a task's: those are TASK_*).
+_FUTURE_PENDING = _base.PENDING
+_FUTURE_RUNNING = _base.RUNNING
 
 
 class Task(NamedTuple):
@@ -91,8 +92,8 @@ def record(task: PoolTask, running: bool) -> Task:
 # by nobody but the pool (cancel() refuses it), so a task that goes back to wait for a
 # retry can return its future to PENDING -- and the caller can cancel() it while it waits.
 def unstart(fut: Any) -> None:
-    if fut._state == _RUNNING:
-        fut._state = _PENDING
+    if fut._state == _FUTURE_RUNNING:
+        fut._state = _FUTURE_PENDING
 
 
 def cancel_future(fut: Future) -> Callable[[CancelToken], object]:
