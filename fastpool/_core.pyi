@@ -69,7 +69,7 @@ def run_worker(queue: WorkQueue, idle_timeout: float | None = None,
                on_idle: Callable[[], bool] | None = None) -> bool: ...
 def spin_ns() -> int: ...
 
-# Pool bookkeeping (fastpool/pool.py): the numbers are fastpool/_states.py's.
+# Pool bookkeeping (fastpool/pool/): the numbers are fastpool/_states.py's.
 from fastpool._states import (
     N_CANCELLED as N_CANCELLED, N_COUNTERS as N_COUNTERS,
     N_DEAD_LETTERED as N_DEAD_LETTERED, N_FAILED as N_FAILED,

@@ -3,7 +3,7 @@ task states, admit()'s answers and the latency-sample sizes.
 
 Both cores use these -- fastpool/_py/ledger.py imports them, and the native core
 (src/core/ledger.pxi) reads them into C ints when it is imported -- and so does the
-pure-Python side of the Pool (pool.py, stats.py), whatever core is in use. Both cores
+pure-Python side of the Pool (fastpool/pool/, stats.py), whatever core is in use. Both cores
 re-export them (core.N_QUEUED is N_QUEUED).
 """
 
@@ -29,7 +29,7 @@ N_COUNTERS: Final = 11  # how many counters there are
 # un-counts one.
 OUTSIDE: Final = -1
 
-# Task states (PoolTask.state); see fastpool/pool.py.
+# Task states (PoolTask.state); see fastpool/pool/ (the package docstring).
 TASK_QUEUED: Final = 0
 TASK_RUNNING: Final = 1
 TASK_RETRY: Final = 2

@@ -33,7 +33,7 @@ LOGGER = logging.getLogger("fastpool")
 
 class _CoreHooks:
     """What the core calls back, by name, on a task's `pool` (PoolTask.pool; see
-    src/_core.pyx and fastpool/_core_py.py), each routed to the part that does it.
+    src/core/ledger.pxi and fastpool/_py/ledger.py), each routed to the part that does it.
     Tasks hold it, and it holds the pool: a pool with tasks in flight stays alive."""
 
     __slots__ = ("pool", "_run_slow", "_not_run", "_task_failed", "_room_made",

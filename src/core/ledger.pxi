@@ -7,7 +7,7 @@
 # section: nothing else runs in between with the GIL, a per-object lock without it),
 # so a snapshot always adds up. The common case -- a task with no per-task options --
 # is submitted, started and settled here without running Python code of the pool;
-# everything unusual (failures, retries, deadlines, shutdown) is Python in pool.py,
+# everything unusual (failures, retries, deadlines, shutdown) is Python in fastpool/pool/,
 # which moves the same counters through Ledger.move(). Doing this in C is not only
 # fewer instructions: a Python-level lock held across bytecodes lets the GIL switch
 # inside the critical section, and the other workers then queue up on that lock

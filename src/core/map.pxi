@@ -66,7 +66,7 @@ cdef class _MapRunner:
 # is running; at the end of the chunk its successes (and the items it skipped,
 # cancelled) are counted before the chunk is published, so the consumer never sees an
 # outcome the Ledger does not count yet. A failure goes through Python
-# (hooks.failed, in fastpool/_pool_map.py), which counts it and decides: a final
+# (hooks.failed, in fastpool/pool/_map.py), which counts it and decides: a final
 # failure (dead-lettered under a retry policy), or a retry: the slot then holds
 # _RETRY, the pool's timer calls requeue() after the backoff, and a runner runs the
 # item again by itself, publishing its outcome under its index (ordered) or as a
