@@ -336,6 +336,7 @@ class ProcessBackend:
 
     def default_workers(self) -> int:
         """One process per CPU this process may run on."""
+        n: int | None
         if hasattr(os, "process_cpu_count"):
             n = os.process_cpu_count()
         elif hasattr(os, "sched_getaffinity"):
