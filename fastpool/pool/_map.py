@@ -21,6 +21,7 @@ from .._states import (N_CANCELLED, N_DEAD_LETTERED, N_FAILED, N_NOT_STARTED, N_
                        N_RETRYING, N_RUNNING)
 from ..retry import Retry
 from ._records import Task
+from ._submit import check_retry_and_token
 
 if TYPE_CHECKING:
     from .._timer import Timer
@@ -129,14 +130,7 @@ def map_iter(pool: Pool, fn: Callable[..., Any], iterables: tuple[Iterable[Any],
     size = _check_buffersize(pool, buffersize, native)
     timeout = _timeout_seconds("timeout", timeout)
     deadline = _timeout_seconds("deadline", deadline)
-    if retry is None:
-        retry = pool._retry
-    elif retry is False:
-        retry = None
-    elif not isinstance(retry, Retry):
-        raise TypeError(f"`retry` must be a Retry, False or None, got {retry!r}")
-    if token is not None and not isinstance(token, CancelToken):
-        raise TypeError(f"`token` must be a CancelToken or None, got {token!r}")
+    retry = check_retry_and_token(pool._retry, retry, token)
     if pool._shutdown:
         pool._raise_closed()
     if not native:

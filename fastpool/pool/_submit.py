@@ -26,6 +26,20 @@ if TYPE_CHECKING:
 _ROOM_POLL = 0.1
 
 
+def check_retry_and_token(default: Retry | None, retry: Any, token: Any) -> Retry | None:
+    """schedule()'s and map()'s `retry` (None: the pool's `default`, False: none) and
+    `token`, checked; the policy to use."""
+    if retry is None:
+        retry = default
+    elif retry is False:
+        retry = None
+    elif not isinstance(retry, Retry):
+        raise TypeError(f"`retry` must be a Retry, False or None, got {retry!r}")
+    if token is not None and not isinstance(token, CancelToken):
+        raise TypeError(f"`token` must be a CancelToken or None, got {token!r}")
+    return retry  # type: ignore[no-any-return]
+
+
 class _Refused(Exception):
     """put(): the pool closed (raised, then turned into the closed error)."""
 
@@ -56,14 +70,7 @@ class Submitter:
             raise TypeError(f"`kwargs` must be a dict or None, got {kwargs!r}")
         timeout = _timeout_seconds("timeout", timeout)
         deadline = _timeout_seconds("deadline", deadline)
-        if retry is None:
-            retry = self._retry
-        elif retry is False:
-            retry = None
-        elif not isinstance(retry, Retry):
-            raise TypeError(f"`retry` must be a Retry, False or None, got {retry!r}")
-        if token is not None and not isinstance(token, CancelToken):
-            raise TypeError(f"`token` must be a CancelToken or None, got {token!r}")
+        retry = check_retry_and_token(self._retry, retry, token)
         task = self.new_task(fn, args, kwargs, TaskOptions(key, token, deadline), retry)
         if not self.put(task, timeout):
             raise QueueFull(f"the queue stayed full for {timeout} s")
