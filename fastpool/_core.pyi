@@ -112,13 +112,13 @@ class Ledger:
     def sampled(self) -> bool: ...
     def sample(self, wait: float, run: float) -> None: ...
     def latencies(self) -> tuple[list[float], list[float]]: ...
-    def task(self, pool: Any, fn: Callable[..., Any], args: tuple[Any, ...],
+    def task(self, hooks: Any, fn: Callable[..., Any], args: tuple[Any, ...],
              kwargs: dict[str, Any], opts: Any = None, retry: Any = None) -> PoolTask: ...
-    def submit(self, pool: Any, fn: Callable[..., Any], args: tuple[Any, ...],
+    def submit(self, hooks: Any, fn: Callable[..., Any], args: tuple[Any, ...],
                kwargs: dict[str, Any], retry: Any) -> Any: ...
 
 class PoolTask(WorkItem):
-    pool: Any
+    hooks: Any
     opts: Any
     retry: Any
     attempt: int

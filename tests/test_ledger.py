@@ -19,7 +19,7 @@ class FakePool:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def _check_idle_locked(self) -> None:
+    def _check_idle(self) -> None:
         self.calls.append(("check_idle",))
 
     def _not_run(self, task, started) -> None:
@@ -28,10 +28,10 @@ class FakePool:
     def _task_failed(self, task, exc) -> None:
         self.calls.append(("failed", task, exc))
 
-    def _run_slow(self, task) -> None:
+    def _run_with_options(self, task) -> None:
         self.calls.append(("slow", task))
 
-    def _adjust_thread_count(self) -> None:
+    def _start_worker(self) -> None:
         self.calls.append(("grow",))
 
 
@@ -145,7 +145,7 @@ def test_pool_task_is_made_by_the_ledger(core_impl):
     pool = FakePool()
     task = ledger.task(pool, divmod, (7, 2), {}, "opts", "retry")
     assert isinstance(task, core_impl.WorkItem)
-    assert (task.fn, task.args, task.kwargs, task.pool, task.ledger) == (divmod, (7, 2), {},
+    assert (task.fn, task.args, task.kwargs, task.hooks, task.ledger) == (divmod, (7, 2), {},
                                                                        pool, ledger)
     assert (task.opts, task.retry, task.attempt, task.state, task.t_queued) == (
         "opts", "retry", 1, core_impl.TASK_QUEUED, 0.0)

@@ -26,7 +26,7 @@ class Ledger:
 
     def __init__(self, queue: WorkQueue, slow: bool = False) -> None:
         self.queue = queue
-        self.slow = bool(slow)  # every task starts through pool._run_slow
+        self.slow = bool(slow)  # every task starts through hooks._run_with_options
         self.running: set[Any] = set()
         self._lock = threading.Lock()
         self._c = [0] * N_COUNTERS
@@ -174,11 +174,11 @@ class Ledger:
         with self._lock:
             return list(self._wait_ring), list(self._run_ring)
 
-    def task(self, pool: Any, fn: Callable[..., Any], args: tuple[Any, ...],
+    def task(self, hooks: Any, fn: Callable[..., Any], args: tuple[Any, ...],
              kwargs: dict[str, Any], opts: Any = None, retry: Any = None) -> PoolTask:
         task = PoolTask.__new__(PoolTask)
         WorkItem.__init__(task, Future(), fn, args, kwargs)
-        task.pool = pool
+        task.hooks = hooks
         task.ledger = self
         task.opts = opts
         task.retry = retry
@@ -187,26 +187,26 @@ class Ledger:
         task.t_queued = 0.0
         return task
 
-    def submit(self, pool: Any, fn: Callable[..., Any], args: tuple[Any, ...],
+    def submit(self, hooks: Any, fn: Callable[..., Any], args: tuple[Any, ...],
                kwargs: dict[str, Any], retry: Any) -> Any:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        task = self.task(pool, fn, args, kwargs, None, retry)
+        task = self.task(hooks, fn, args, kwargs, None, retry)
         if self.sampled():
             task.t_queued = clock()
         if self.admit(task) != PUT_OK:
             return None
         q = self.queue
         if q._short_of_workers(q.qsize()):
-            pool._adjust_thread_count()
+            hooks._start_worker()
         return task.future
 
 
 class PoolTask(WorkItem):
     """A Pool task: a WorkItem with its pool, options, retry policy and state."""
 
-    __slots__ = ("pool", "opts", "retry", "attempt", "state", "t_queued", "ledger")
-    pool: Any
+    __slots__ = ("hooks", "opts", "retry", "attempt", "state", "t_queued", "ledger")
+    hooks: Any
     opts: Any
     retry: Any
     attempt: int
@@ -219,7 +219,7 @@ class PoolTask(WorkItem):
 
     def run(self) -> None:
         if self.opts is not None or self.ledger.slow:
-            self.pool._run_slow(self)
+            self.hooks._run_with_options(self)
         else:
             self.run_plain()
 
@@ -234,9 +234,9 @@ class PoolTask(WorkItem):
                 ledger._shift(N_QUEUED, N_RUNNING, -1, self)
             room = ledger._room > 0
         if room:
-            self.pool._room_made()
+            self.hooks._room_made()
         if not ok:
-            self.pool._not_run(self, started)
+            self.hooks._not_run(self, started)
             return
         t_queued = self.t_queued
         if t_queued:
@@ -246,7 +246,7 @@ class PoolTask(WorkItem):
         except BaseException as exc:
             if t_queued:
                 ledger.sample(t0 - t_queued, clock() - t0)
-            self.pool._task_failed(self, exc)
+            self.hooks._task_failed(self, exc)
             return
         if t_queued:
             ledger.sample(t0 - t_queued, clock() - t0)
@@ -258,5 +258,4 @@ class PoolTask(WorkItem):
                 ledger._shift(N_RUNNING, N_SUCCEEDED, -1, self)
                 watch = ledger._watch > 0
             if watch:
-                # Takes the pool's lock itself (the pool's name for it says otherwise).
-                self.pool._check_idle_locked()
+                                self.hooks._check_idle()

@@ -55,7 +55,7 @@ class Outcomes:
 
     # -- running (PoolTask.run of a task the native run_plain does not take) ----------
 
-    def run_slow(self, task: PoolTask) -> None:
+    def run_with_options(self, task: PoolTask) -> None:
         """A task with options, or any task when rate-limited or on a backend."""
         try:
             if self._state.ledger.room_waiters:

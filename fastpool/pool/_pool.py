@@ -32,22 +32,22 @@ LOGGER = logging.getLogger("fastpool")
 
 
 class _CoreHooks:
-    """What the core calls back, by name, on a task's `pool` (PoolTask.pool; see
+    """What the core calls back, by name, on `PoolTask.hooks` (see
     src/core/ledger.pxi and fastpool/_py/ledger.py), each routed to the part that does it.
     Tasks hold it, and it holds the pool: a pool with tasks in flight stays alive."""
 
-    __slots__ = ("pool", "_run_slow", "_not_run", "_task_failed", "_room_made",
-                 "_check_idle_locked", "_adjust_thread_count")
+    __slots__ = ("pool", "_run_with_options", "_not_run", "_task_failed", "_room_made",
+                 "_check_idle", "_start_worker")
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         outcomes = pool._outcomes
-        self._run_slow = outcomes.run_slow
+        self._run_with_options = outcomes.run_with_options
         self._not_run = outcomes.not_run
         self._task_failed = outcomes.task_failed
         self._room_made = pool._submitter.room_made
-        self._check_idle_locked = pool._state.check_idle  # (it takes the lock)
-        self._adjust_thread_count = pool._workers.start
+        self._check_idle = pool._state.check_idle  # (it takes the lock)
+        self._start_worker = pool._workers.start
 
 
 class Pool(ThreadPoolExecutor):

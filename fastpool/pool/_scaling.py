@@ -85,7 +85,7 @@ class Workers:
 
     def start(self) -> None:
         """Start a worker if the pool may have one more (the core calls this as
-        pool._adjust_thread_count)."""
+        pool._start_worker)."""
         st = self._state
         with st.lock:
             if st.broken or st.queue.closed:

@@ -47,7 +47,7 @@ class PoolState:
         self.token = CancelToken()
         self.stop = threading.Event()
         self.hurry = threading.Event()
-        # A slow ledger sends every task through _run_slow (never the native run_plain):
+        # A slow ledger sends every task through _run_with_options (never the native run_plain):
         # rate-limited tasks wait for their slot there, and a backend's calls go out there.
         self._slow = slow
         self._reset()

@@ -53,7 +53,7 @@ class Submitter:
         self._pool = pool
         self._state = state
         self._workers = workers
-        self.hooks: Any = None  # what the core calls back (PoolTask.pool): set by Pool
+        self.hooks: Any = None  # what the core calls back (PoolTask.hooks): set by Pool
         self._copy_context = copy_context
         self._retry = retry  # the pool's default policy
 

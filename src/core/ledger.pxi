@@ -48,7 +48,7 @@ cdef class Ledger:
     cdef readonly WorkQueue queue
     cdef bint _closed                # submit() refuses: the pool is shut down or broken
     cdef bint _collecting            # shutdown hands back what workers take
-    cdef readonly bint slow          # every task starts through pool._run_slow
+    cdef readonly bint slow          # every task starts through hooks._run_with_options
     cdef int _watch                  # > 0: someone waits for the pool to be idle
     cdef int _room                   # > 0: producers wait for room in the queue
     cdef unsigned long long stamps, samples
@@ -81,7 +81,7 @@ cdef class Ledger:
             return self._collecting
 
     def start_collecting(self):
-        """Workers hand back (pool._not_run) every task they take from now on."""
+        """Workers hand back (hooks._not_run) every task they take from now on."""
         with cython.critical_section(self):
             self._collecting = True
 
@@ -101,7 +101,7 @@ cdef class Ledger:
 
     def add_room_waiter(self, int delta):
         """A producer starts (+1) or stops (-1) waiting for room: while one waits, a
-        worker taking a task calls pool._room_made()."""
+        worker taking a task calls hooks._room_made()."""
         with cython.critical_section(self):
             self._room += delta
 
@@ -131,7 +131,7 @@ cdef class Ledger:
         """One task changes state: counter src -1, dst +1 (OUTSIDE: submitted), extra +1.
 
         With `task`, the running set follows (leaving or entering N_RUNNING).
-        Return whether someone watches for idleness (pool._check_idle)."""
+        Return whether someone watches for idleness (hooks._check_idle)."""
         if not (c_OUTSIDE <= src < c_N_COUNTERS and c_OUTSIDE <= dst < c_N_COUNTERS
                 and -1 <= extra < c_N_COUNTERS):
             raise ValueError(f"bad counter index in move({src}, {dst}, {extra})")
@@ -224,9 +224,9 @@ cdef class Ledger:
 
     # -- tasks --
 
-    cdef PoolTask _new_task(self, pool, fn, tuple args, dict kwargs, opts, retry):
+    cdef PoolTask _new_task(self, hooks, fn, tuple args, dict kwargs, opts, retry):
         cdef PoolTask task = <PoolTask>_new_item(PoolTask.__new__(PoolTask), fn, args, kwargs)
-        task.pool = pool
+        task.hooks = hooks
         task.ledger = self
         task.opts = opts
         task.retry = retry
@@ -235,9 +235,9 @@ cdef class Ledger:
         task.t_queued = 0.0
         return task
 
-    def task(self, pool, fn, tuple args, dict kwargs, opts=None, retry=None):
+    def task(self, hooks, fn, tuple args, dict kwargs, opts=None, retry=None):
         """A new, uncounted PoolTask (attempt 1, QUEUED) with a new Future."""
-        return self._new_task(pool, fn, args, kwargs, opts, retry)
+        return self._new_task(hooks, fn, args, kwargs, opts, retry)
 
     def admit(self, PoolTask task, int src=OUTSIDE):
         """Count and queue `task` in one step: PUT_OK, or PUT_FULL / PUT_CLOSED with
@@ -264,7 +264,7 @@ cdef class Ledger:
                 self._shift(c_N_QUEUED, src, -1, None)
         return c_PUT_OK if st == OK else c_PUT_FULL if st == FULL else c_PUT_CLOSED
 
-    def submit(self, pool, fn, tuple args, dict kwargs, retry):
+    def submit(self, hooks, fn, tuple args, dict kwargs, retry):
         """The fast submit: count and queue a task without options (and start a worker
         if it needs one); return its future.
 
@@ -273,7 +273,7 @@ cdef class Ledger:
         cdef PoolTask task
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        task = self._new_task(pool, fn, args, kwargs, None, retry)
+        task = self._new_task(hooks, fn, args, kwargs, None, retry)
         if self._sampled():
             task.t_queued = c_monotonic()
         if self._admit(task, c_OUTSIDE) != c_PUT_OK:
@@ -281,14 +281,14 @@ cdef class Ledger:
         # Work waiting for more workers than are idle: one more, if allowed (see
         # WorkQueue.bind_workers).
         if self.queue._short_of_workers(<Py_ssize_t>self.queue.q.size()):
-            pool._adjust_thread_count()
+            hooks._start_worker()
         return task.future
 
 
 cdef class PoolTask(WorkItem):
     """A Pool task: a WorkItem with its pool, options, retry policy and state."""
 
-    cdef public object pool
+    cdef public object hooks
     cdef public object opts           # None, or the pool's per-task options
     cdef public object retry
     cdef public int attempt
@@ -301,7 +301,7 @@ cdef class PoolTask(WorkItem):
 
     cpdef run(self):
         if self.opts is not None or self.ledger.slow:
-            self.pool._run_slow(self)
+            self.hooks._run_with_options(self)
         else:
             self.run_plain()
 
@@ -320,9 +320,9 @@ cdef class PoolTask(WorkItem):
                 ledger._shift(c_N_QUEUED, c_N_RUNNING, -1, self)
             room = ledger._room > 0
         if room:
-            self.pool._room_made()  # taking this task made room in the queue
+            self.hooks._room_made()  # taking this task made room in the queue
         if not ok:
-            self.pool._not_run(self, started)
+            self.hooks._not_run(self, started)
             return
         if t_queued:
             t0 = c_monotonic()
@@ -334,7 +334,7 @@ cdef class PoolTask(WorkItem):
         except BaseException as exc:
             if t_queued:
                 ledger._sample(t0 - t_queued, c_monotonic() - t0)
-            self.pool._task_failed(self, exc)
+            self.hooks._task_failed(self, exc)
             return
         if t_queued:
             ledger._sample(t0 - t_queued, c_monotonic() - t0)
@@ -346,5 +346,4 @@ cdef class PoolTask(WorkItem):
                 ledger._shift(c_N_RUNNING, c_N_SUCCEEDED, -1, self)
                 watch = ledger._watch > 0
             if watch:
-                # Takes the pool's lock itself (the pool's name for it says otherwise).
-                self.pool._check_idle_locked()
+                                self.hooks._check_idle()
