@@ -1,5 +1,5 @@
 # Stubs for the compiled core (src/_core.pyx). Must match fastpool/_py/, its
-# pure-Python twin; tests/test_api_parity.py compares the two.
+# pure-Python twin; tests/executor/test_api_parity.py compares the two.
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future as _StdFuture
 from typing import Any

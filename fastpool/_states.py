@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Final
 
 # Counter indexes into Ledger.counts(), in the order of Stats' counter fields
-# (tests/test_ledger.py checks it).
+# (tests/core/test_ledger.py checks it).
 N_SUBMITTED: Final = 0
 N_QUEUED: Final = 1
 N_RUNNING: Final = 2

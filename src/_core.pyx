@@ -37,7 +37,7 @@ from time import monotonic
 from fastpool._future import worker_local
 
 # What this module exports: the same as its twin, fastpool/_py/__init__.py
-# (tests/test_core_parity.py compares them).
+# (tests/core/test_core_parity.py compares them).
 __all__ = [
     "Future", "Ledger", "MapJob", "PoolTask", "QueueClosed", "QueueEmpty", "WorkItem",
     "WorkQueue", "clock", "run_worker", "spin_ns",

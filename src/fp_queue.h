@@ -1,7 +1,7 @@
 /* fp_queue.h -- the work queue at the heart of fastpool.
  *
  * Python-free C++ (it never touches a PyObject's refcount), so it can be tested
- * alone under ThreadSanitizer (tests/native/test_ring.cpp) and called without the GIL.
+ * alone under ThreadSanitizer (tests/core/native/test_ring.cpp) and called without the GIL.
  *
  *   Ring   a bounded multi-producer multi-consumer ring buffer (D. Vyukov's design:
  *          one sequence number per slot, no lock on the fast path).

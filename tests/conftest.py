@@ -54,12 +54,12 @@ def pytest_configure(config: pytest.Config) -> None:
 # Python and deselects these (-m "not version_independent") on the other Pythons, to
 # keep CI well under 30 minutes. Node-id prefixes, so a renamed test is still found.
 VERSION_INDEPENDENT = (
-    "tests/test_native_queue.py::test_fp_queue_cpp",
-    "tests/test_run_resume.py::test_kill_9_at_random_points",
-    "tests/test_pool_limits_property.py::",
-    "tests/test_cli.py::test_bench_quick_json",
-    "tests/test_release.py::",
-    "tests/test_docs.py::",
+    "tests/core/test_native_queue.py::test_fp_queue_cpp",
+    "tests/cli/test_run_resume.py::test_kill_9_at_random_points",
+    "tests/pool/test_pool_limits_property.py::",
+    "tests/cli/test_cli.py::test_bench_quick_json",
+    "tests/package/test_release.py::",
+    "tests/package/test_docs.py::",
 )
 
 

@@ -1,4 +1,4 @@
-"""Functions run in worker processes by tests/test_pool_processes.py.
+"""Functions run in worker processes by tests/process/test_pool_processes.py.
 
 Module-level in an importable module (tests/ is on sys.path, which a worker process
 inherits): the workers import them by name. Processes share no memory with the test,

@@ -25,7 +25,7 @@ FIXED = {
     "LICENSE", "MANIFEST.in", "README.md", "pyproject.toml", "setup.py",
     "src/_core.pyx", "src/fp_queue.h", "src/fp_queue.pxd",
     "fastpool/_core.pyi", "fastpool/py.typed",
-    "tests/native/run.sh", "tests/native/test_ring.cpp",
+    "tests/core/native/run.sh", "tests/core/native/test_ring.cpp",
 }
 # ...and what setuptools writes into every sdist.
 GENERATED = {
@@ -42,7 +42,8 @@ GROWING = {
     "fastpool/pool": ["*.py"],
     "src/core": ["*.pxi"],
     "tests": ["*.py"],
-    "tests/isolated": ["*.py"],
+    **{f"tests/{layer}": ["*.py"] for layer in
+       ("core", "executor", "pool", "process", "cli", "package", "package/isolated")},
     "benches": ["*.py", "*.md"],
     "docs": ["*.md"],
 }

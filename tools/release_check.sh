@@ -37,8 +37,8 @@ step() { echo "--- [release $(( $(date +%s) - start ))s] $*"; }
 # package (mypy: .pyi and py.typed shipped), and check the installed version and
 # `fastpool --version`; the rest (executor, CLI, stress, faults, leaks, Dask) adds
 # minutes and nothing about packaging. ci.yml's package job runs everything.
-QUICK_TESTS=(tests/test_imports.py tests/test_api_parity.py tests/test_core.py
-             tests/test_pool.py tests/test_typing.py tests/test_release.py)
+QUICK_TESTS=(tests/package/test_imports.py tests/executor/test_api_parity.py tests/core/test_core.py
+             tests/pool/test_pool.py tests/package/test_typing.py tests/package/test_release.py)
 
 step "tools venv ($("$py" -V))"
 "$py" -m venv "$work/tools"
@@ -111,7 +111,7 @@ env PATH="$clean_path" "$work/clean/bin/fastpool" --version
 step "5. tests from the sdist, outside any source tree, FASTPOOL_REQUIRE_NATIVE=1 ($tests)"
 mkdir "$work/run"
 sdir=$(ls -d "$work"/sdist/fastpool-*/)
-# pyproject.toml carries the pytest settings; README.md is read by tests/test_docs.py.
+# pyproject.toml carries the pytest settings; README.md is read by tests/package/test_docs.py.
 cp -r "$sdir/tests" "$sdir/pyproject.toml" "$sdir/README.md" "$work/run/"
 if [ "$tests" = all ]; then selection=(tests); else selection=("${QUICK_TESTS[@]}"); fi
 (cd "$work/run" && env PATH="$clean_path" CC=false CXX=false FASTPOOL_REQUIRE_NATIVE=1 \

@@ -74,7 +74,7 @@ INTENDED: dict[str, tuple[str, str, str, tuple[int, int]]] = {
     # queued and cancels it. CPython made the test accept both outcomes (3.12+).
     "test_concurrent_futures.ThreadPoolShutdownTest.test_cancel_futures_wait_false": (
         "gh-116682", "racy test: the task may be cancelled before it starts",
-        "tests/test_stdlib_suite.py::test_cancel_futures_wait_false_either_outcome", (3, 12)),
+        "tests/executor/test_stdlib_suite.py::test_cancel_futures_wait_false_either_outcome", (3, 12)),
 }
 
 
@@ -94,7 +94,7 @@ _NO_WORKER_FOR_UNPICKLABLE = (
     "no extra process (fork pre-starts every worker, so that variant passes and runs)")
 INTENDED_PROCESS: dict[str, tuple[str, str, str, tuple[int, int]]] = {
     f"test_concurrent_futures*.ProcessPool{method}{cls}": (
-        "bpo-39207", _NO_WORKER_FOR_UNPICKLABLE, f"tests/test_process_stdlib.py::{ours}", (99, 0))
+        "bpo-39207", _NO_WORKER_FOR_UNPICKLABLE, f"tests/process/test_process_stdlib.py::{ours}", (99, 0))
     for method in ("Forkserver", "Spawn")
     for cls, ours in (
         ("ProcessPoolExecutorTest.test_saturation", "test_saturation_with_blocking_tasks"),
@@ -108,22 +108,22 @@ for _test, _entry in {
     "ProcessPoolExecutorTest.test_python_finalization_error": (
         "gh-109047", "fastpool starts a single thread (no queue feeder thread): the "
         "test's injected failure of the second one never happens",
-        "tests/test_process_stdlib.py::test_one_background_thread_and_no_feeder"),
+        "tests/process/test_process_stdlib.py::test_one_background_thread_and_no_feeder"),
     # Patches concurrent.futures.process._spawn_worker, which fastpool does not call.
     "ProcessPoolExecutorTest.test_failed_worker_replacement_breaks_pool": (
         "gh-115634", "patches the stdlib's internal _spawn_worker, which fastpool does "
         "not use; the same failure of fastpool's own spawn breaks the pool likewise",
-        "tests/test_process_stdlib.py::test_failed_worker_replacement_breaks_pool"),
+        "tests/process/test_process_stdlib.py::test_failed_worker_replacement_breaks_pool"),
     # With the executor garbage-collected, the stdlib cannot start a replacement worker
     # (its manager thread needs the executor) and fails the queued work; fastpool's
     # reader needs only the shared state, so the queued work still runs.
     "ProcessPoolExecutorTest.test_gc_during_max_tasks_worker_exit_gh152967": (
         "gh-152967", "the queued work still runs after the executor is garbage-"
         "collected (its replacement worker needs no executor), instead of failing",
-        "tests/test_process_stdlib.py::test_queued_work_runs_after_the_executor_is_collected"),
+        "tests/process/test_process_stdlib.py::test_queued_work_runs_after_the_executor_is_collected"),
     "ProcessPoolExecutorTest.test_shutdown_no_wait_max_tasks_gh119592": (
         "gh-119592", "its drop_reference=True case: as gh-152967 (the other case passes)",
-        "tests/test_process_stdlib.py::test_queued_work_runs_after_the_executor_is_collected"),
+        "tests/process/test_process_stdlib.py::test_queued_work_runs_after_the_executor_is_collected"),
 }.items():
     INTENDED_PROCESS[f"test_concurrent_futures*.ProcessPool*{_test}"] = (*_entry, (99, 0))
 

@@ -2,7 +2,7 @@
 
 Used where the extension cannot be built or imported, and when FASTPOOL_NO_EXTENSIONS=1.
 Same interface and semantics as fastpool._core (stubs: fastpool/_core.pyi); the test
-suite runs against both, and tests/test_core_parity.py compares their names and
+suite runs against both, and tests/core/test_core_parity.py compares their names and
 signatures. File for file with src/core/*.pxi, so each pair can be diffed side by side:
 
     queue.py          <-> src/core/queue.pxi    WorkQueue

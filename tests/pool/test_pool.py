@@ -70,7 +70,7 @@ def test_bad_arguments(kwargs, exc, match):
 
 
 def test_backend_check_imports_no_dask(run_py):
-    # Only a real Client is one (tests/test_dask.py runs it), and telling imports
+    # Only a real Client is one (tests/pool/test_dask.py runs it), and telling imports
     # nothing: without distributed loaded, no object can be a Client.
     code = ("import sys, fastpool\n"
             "Client = type('Client', (), {'__module__': 'distributed.client'})\n"

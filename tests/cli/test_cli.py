@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import fastpool
+from cli_support import _env, _read_jsonl, _write_jsonl, fastpool_cli  # noqa: F401
 
 # A user module for `fastpool run`: fails on demand, can be slow, and records calls.
 USER_MODULE = '''
@@ -56,34 +57,10 @@ not_callable = 42
 '''
 
 
-def _env(**extra: str) -> dict[str, str]:
-    # FASTPOOL_* switches are inherited: the CLI runs on the same core as the tests.
-    return {**os.environ, **extra}
-
-
-def fastpool_cli(*args: str, cwd: Path, timeout: float = 60.0, stdin: str | None = None,
-                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -I -m fastpool ARGS`; a hang fails the test with what it printed."""
-    cmd = [sys.executable, "-I", "-m", "fastpool", *args]
-    try:
-        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, input=stdin,
-                              timeout=timeout, env=env or _env())
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{cmd} hung for {timeout} s\nstdout: {exc.stdout!r}\nstderr: {exc.stderr!r}")
-
-
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     (tmp_path / "usermod.py").write_text(USER_MODULE)
     return tmp_path
-
-
-def _write_jsonl(path: Path, records: list[object]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
-def _read_jsonl(path: Path) -> list[object]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_version(workdir: Path) -> None:

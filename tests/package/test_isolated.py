@@ -1,4 +1,4 @@
-"""Process-global scenarios, each in a fresh interpreter (tests/isolated/*.py).
+"""Process-global scenarios, each in a fresh interpreter (tests/package/isolated/*.py).
 
 Interpreter exit, garbage collection of a pool, fork: things a test cannot undo in
 the pytest process. Each script asserts internally and exits non-zero on failure; a
@@ -77,7 +77,7 @@ def test_main_thread_ends_with_pool_open(run_script, module):
 
 
 def test_scripts_all_collected():
-    # A script added to tests/isolated/ must get a test here.
+    # A script added to tests/package/isolated/ must get a test here.
     scripts = sorted(p.name for p in HERE.glob("*.py"))
     assert scripts == sorted(["exit_with_queued_work.py", "gc_executor.py", "fork_busy.py",
                               "main_ends_pool_open.py", "gc_executor_map.py"]), scripts

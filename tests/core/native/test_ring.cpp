@@ -1,7 +1,7 @@
 /* test_ring.cpp -- tests of src/fp_queue.h alone (fp::Ring and fp::Queue), no Python.
  *
- * Built and run by tests/native/run.sh: once plain, once under ThreadSanitizer (and
- * optionally ASan+UBSan); tests/test_native_queue.py runs that from pytest.
+ * Built and run by tests/core/native/run.sh: once plain, once under ThreadSanitizer (and
+ * optionally ASan+UBSan); tests/core/test_native_queue.py runs that from pytest.
  *
  * Items are unique non-zero integers cast to void*, so "every item popped exactly once"
  * is checked with a per-item counter, and per-producer FIFO order with the integer.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import _env, _read_jsonl, _write_jsonl, fastpool_cli
+from cli_support import _env, _read_jsonl, _write_jsonl, fastpool_cli
 
 USER_MODULE = '''
 import os, time

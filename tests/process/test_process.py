@@ -184,7 +184,7 @@ def test_map_timeout(shared):
 
 def test_unpicklable_argument_fails_its_future(shared):
     # (A lambda would do with the stdlib, but fastpool sends one by value when the
-    # cloudpickle extra is installed: tests/test_process_cloudpickle.py.)
+    # cloudpickle extra is installed: tests/process/test_process_cloudpickle.py.)
     f = shared.submit(id, threading.Lock())
     with pytest.raises(TypeError, match="pickle"):
         f.result(timeout=30)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Build and run the C++ tests of src/fp_queue.h (tests/native/test_ring.cpp) alone.
+# Build and run the C++ tests of src/fp_queue.h (tests/core/native/test_ring.cpp) alone.
 #
-#   tests/native/run.sh [plain] [tsan] [asan] [-- TEST...]   (default: plain tsan)
+#   tests/core/native/run.sh [plain] [tsan] [asan] [-- TEST...]   (default: plain tsan)
 #
 # plain  g++ -O1 -g                          (all tests at FP_TEST_SCALE, default 1)
 # tsan   -fsanitize=thread                   (scale 0.3 unless FP_TEST_SCALE is set)
@@ -20,7 +20,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
+root="$(cd "$here/../../.." && pwd)"
 cxx="${CXX:-g++}"
 out="${FP_NATIVE_BUILD_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/fp-native.XXXXXX")}"
 mkdir -p "$out"

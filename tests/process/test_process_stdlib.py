@@ -17,7 +17,7 @@ import pytest
 
 from fastpool.process import ProcessPoolExecutor
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / "tools"
 CTX = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
 

@@ -132,7 +132,7 @@ def test_script_main_functions_stay_references(tmp_path):
 
 def test_cloudpickle_is_an_extra_and_in_the_test_extra():
     # So the by-value tests above run, not skip, wherever the test extra is installed.
-    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     if not pyproject.exists():
         pytest.skip("no pyproject.toml next to the tests")
     text = pyproject.read_text()

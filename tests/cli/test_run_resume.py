@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import _env, fastpool_cli
+from cli_support import _env, fastpool_cli
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 

@@ -1,7 +1,7 @@
-"""Runs the C++ tests of src/fp_queue.h (tests/native/test_ring.cpp) from pytest.
+"""Runs the C++ tests of src/fp_queue.h (tests/core/native/test_ring.cpp) from pytest.
 
 The queue is tested alone, without Python, plain and under ThreadSanitizer and
-AddressSanitizer+UBSan (tests/native/run.sh builds and runs each variant). This is the one
+AddressSanitizer+UBSan (tests/core/native/run.sh builds and runs each variant). This is the one
 test module allowed to skip, and only when there is no C++ compiler (or no POSIX shell)
 on the machine; with the CI environment variable set it never skips.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-RUN = ROOT / "tests" / "native" / "run.sh"
+ROOT = Path(__file__).resolve().parents[2]
+RUN = ROOT / "tests" / "core" / "native" / "run.sh"
 CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
 IN_CI = bool(os.environ.get("CI"))
 

@@ -30,7 +30,7 @@ if sys.version_info >= (3, 11):
 else:  # pytest itself depends on tomli before 3.11
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GITHUB = ROOT / ".github"
 WORKFLOWS = sorted((GITHUB / "workflows").glob("*.yml"))
 PYPROJECT = ROOT / "pyproject.toml"
@@ -122,7 +122,7 @@ def test_check_sdist_wants_exactly_the_expected_files(tmp_path: Path) -> None:
     expected = check.expected_files(check.tracked_files())
     assert {"src/_core.pyx", "src/fp_queue.h", "fastpool/__init__.py",
             "tests/conftest.py"} <= expected
-    assert not any(n.endswith((".cpp", ".so")) for n in expected - {"tests/native/test_ring.cpp"})
+    assert not any(n.endswith((".cpp", ".so")) for n in expected - {"tests/core/native/test_ring.cpp"})
 
     def sdist(names: set[str]) -> str:
         path = tmp_path / "fastpool-0.0.0.tar.gz"

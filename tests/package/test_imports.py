@@ -77,7 +77,7 @@ def test_native_flag_follows_environment(run_py):
 def test_require_native_fails_the_session(run_py, tmp_path):
     # The conftest guard: FASTPOOL_REQUIRE_NATIVE=1 with the fallback in use stops pytest.
     (tmp_path / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
-    conftest = Path(__file__).with_name("conftest.py")
+    conftest = Path(__file__).resolve().parents[1] / "conftest.py"
     (tmp_path / "conftest.py").write_text(conftest.read_text())
     code = (
         "import pytest\n"
