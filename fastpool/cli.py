@@ -258,7 +258,7 @@ def _cmd_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
             import matplotlib  # noqa: F401
         except ImportError:
             args.subparser.error("--plot needs matplotlib, which is not installed "
-                                 "(pip install matplotlib)")
+                                 "(pip install 'fastpool[plot]')")
     try:
         cases = _bench.available_cases(args.case)
     except ValueError as exc:
