@@ -108,6 +108,45 @@ def test_per_call_retry_and_dead_letters(make_pool):
     check_invariant(pool2.stats())
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+def test_simple_retry_is_decided_by_the_runner(make_pool, monkeypatch, ordered):
+    # A policy without backoff, on exception classes: the runner retries the item in
+    # place without the Python hook (the cost of "1% fail once" in
+    # benches/bench_pool_map.py). What the policy does not retry still goes through it.
+    from fastpool.pool import _map
+    calls: list[BaseException | None] = []
+    failed = _map._MapHooks.failed
+
+    def spy(self, job, index, item, exc, attempt):
+        calls.append(exc)
+        return failed(self, job, index, item, exc, attempt)
+
+    monkeypatch.setattr(_map._MapHooks, "failed", spy)
+    pool = make_pool(2, retry=Retry(attempts=3, backoff=0.0, retry_on=OSError))
+    seen: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def flaky(x):
+        with lock:
+            seen[x] = n = seen.get(x, 0) + 1
+        if x % 10 == 0 and n < 3:
+            raise OSError(x)  # retried twice, then succeeds
+        if x == 7:
+            raise KeyError(x)  # not retried: dead-lettered
+        if x == 9:
+            raise OSError(x)  # retried twice, then dead-lettered
+        return x
+
+    out = list(pool.map(flaky, range(100), ordered=ordered, return_exceptions=True))
+    assert len(out) == 100
+    assert pool.join(PROMPT)
+    s = pool.stats()
+    assert (s.succeeded, s.failed, s.retried, s.dead_lettered) == (98, 2, 22, 2), s
+    assert sorted(type(e).__name__ for e in calls) == ["KeyError", "OSError"], calls
+    assert {d.args for d in pool.dead_letters} == {(7,), (9,)}
+    check_invariant(s)
+
+
 def test_deadline(make_pool):
     pool = make_pool(2)
 

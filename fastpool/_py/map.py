@@ -10,8 +10,8 @@ from concurrent.futures import CancelledError as _base_CancelledError
 from concurrent.futures import TimeoutError as _FuturesTimeoutError
 from typing import TYPE_CHECKING, Any, Callable, Union
 
-from .._states import (N_CANCELLED, N_FAILED, N_NOT_STARTED, N_QUEUED, N_RETRYING, N_RUNNING,
-                       N_SUCCEEDED)
+from .._states import (N_CANCELLED, N_FAILED, N_NOT_STARTED, N_QUEUED, N_RETRIED, N_RETRYING,
+                       N_RUNNING, N_SUCCEEDED)
 
 if TYPE_CHECKING:
     from .ledger import Ledger
@@ -101,6 +101,10 @@ class _MapState:
         self.item_deadline = deadline
         self.retries: deque[tuple[int, Any, int]] = deque()
         self.retried: dict[int, Any] = {}
+        # hooks.fast_retry: a retry policy the runner applies itself (see _item_failed).
+        fast = None if hooks is None else hooks.fast_retry
+        self.fast_attempts, self.fast_classes = (0, ()) if fast is None else fast
+        self.gov = None if hooks is None else hooks.gov
         self._feed(self.buffersize or -1)
 
     def _count(self, src: int, dst: int, n: int, notify: bool = True) -> None:
@@ -195,6 +199,15 @@ class _MapState:
         its slot, or None to run it again now."""
         if self.hooks is None:
             return _Failure(error)
+        if (error is not None and attempt < self.fast_attempts
+                and isinstance(error, self.fast_classes) and not self.gov.cancelled):
+            # The pool's policy, decided here (see fastpool._core): run it again now.
+            ledger = self.ledger
+            assert ledger is not None
+            with ledger._lock:
+                if not ledger._collecting:
+                    ledger._shift(N_RUNNING, N_RUNNING, N_RETRIED, None)
+                    return None
         try:
             out = self.hooks.failed(self, index, item, error, attempt)
         except BaseException as exc:

@@ -190,7 +190,7 @@ class _MapHooks:
     but the common path -- queueing runners, failures, retries, dead letters, the
     call's token. The job counts its items in the Ledger; these count the rest."""
 
-    __slots__ = ("pool", "fn", "star", "retry", "deadline", "gov", "governed")
+    __slots__ = ("pool", "fn", "star", "retry", "deadline", "gov", "governed", "fast_retry")
 
     def __init__(self, pool: Pool, fn: Callable[..., Any], star: bool, retry: Retry | None,
                  deadline: float | None, token: CancelToken | None) -> None:
@@ -202,6 +202,12 @@ class _MapHooks:
         # Without a token of the call the items see the pool's (the worker's default).
         self.governed = token is not None
         self.gov = pool._state.token if token is None else CancelToken._any(pool._state.token, token)
+        # A policy the runner applies by itself, without calling failed(): no backoff
+        # (the item runs again at once, staying counted running) and exception classes
+        # (an isinstance test). (attempts, classes), or None.
+        self.fast_retry: tuple[int, tuple[type, ...]] | None = None
+        if retry is not None and retry.backoff == 0.0 and retry._classes is not None:
+            self.fast_retry = (retry.attempts, retry._classes)
 
     def enqueue(self, runner: Any) -> None:
         # The consumer's thread (it may wait for room in a bounded queue).

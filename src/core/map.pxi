@@ -73,7 +73,7 @@ cdef class _MapRunner:
 # chunk of one (unordered).
 # (The Ledger's counters, fastpool/_states.py, as C ints.)
 cdef int _QUE_ = N_QUEUED, _RUN_ = N_RUNNING, _RET_ = N_RETRYING, _SUC_ = N_SUCCEEDED
-cdef int _FAIL_ = N_FAILED, _CANC_ = N_CANCELLED, _NOTS_ = N_NOT_STARTED
+cdef int _FAIL_ = N_FAILED, _CANC_ = N_CANCELLED, _NOTS_ = N_NOT_STARTED, _RETD_ = N_RETRIED
 
 
 cdef class _MapState:
@@ -127,6 +127,10 @@ cdef class _MapState:
     cdef double item_deadline  # seconds an item may run (< 0: no limit)
     cdef list retries         # (index, item, attempt): due to run again, counted queued
     cdef dict retried         # ordered: index -> slot of a retried item
+    # hooks.fast_retry: a retry policy the runner applies itself (see _item_failed).
+    cdef int fast_attempts    # 0: none
+    cdef object fast_classes
+    cdef object gov           # the items' token (hooks.gov)
 
     def __cinit__(self):
         self.signal = new Signal()
@@ -156,6 +160,10 @@ cdef class _MapState:
         self.ledger = ledger
         self.hooks = hooks
         self.item_deadline = -1.0 if deadline is None else deadline
+        fast = None if hooks is None else hooks.fast_retry
+        if fast is not None:
+            self.fast_attempts, self.fast_classes = fast
+            self.gov = hooks.gov
         self.deadline = -1.0 if timeout is None else c_monotonic() + timeout
         if self.buffersize:
             self._feed(self.buffersize)
@@ -277,12 +285,23 @@ cdef class _MapState:
         the retry) and return the error, None (retried later: _Failure(None)) or True
         (run it again now: None here)."""
         cdef _Failure failure
+        cdef bint again = False
         if overdue:
             failure = _Failure(None)
         else:
             failure = <_Failure>_failure_from_error()
             if self.hooks is None:
                 return failure
+            if (attempt < self.fast_attempts and isinstance(failure.error, self.fast_classes)
+                    and not self.gov.cancelled):
+                # The pool's policy, decided here (hooks.failed, without its Python
+                # call): no backoff, so the item runs again at once and stays running.
+                with cython.critical_section(self.ledger):
+                    if not self.ledger._collecting:
+                        self.ledger._shift(_RUN_, _RUN_, _RETD_, None)
+                        again = True
+                if again:
+                    return None
         try:
             out = self.hooks.failed(self, index, item, failure.error, attempt)
         except BaseException as exc:
