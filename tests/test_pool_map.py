@@ -117,9 +117,9 @@ def test_simple_retry_is_decided_by_the_runner(make_pool, monkeypatch, ordered):
     calls: list[BaseException | None] = []
     failed = _map._MapHooks.failed
 
-    def spy(self, job, index, item, exc, attempt):
-        calls.append(exc)
-        return failed(self, job, index, item, exc, attempt)
+    def spy(self, *args):
+        calls.append(args[-2])  # (..., exc, attempt)
+        return failed(self, *args)
 
     monkeypatch.setattr(_map._MapHooks, "failed", spy)
     pool = make_pool(2, retry=Retry(attempts=3, backoff=0.0, retry_on=OSError))
@@ -147,17 +147,53 @@ def test_simple_retry_is_decided_by_the_runner(make_pool, monkeypatch, ordered):
     check_invariant(s)
 
 
-def test_deadline(make_pool):
-    pool = make_pool(2)
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("chunksize", [1, 4])
+def test_deadline_fails_the_item_at_once(make_pool, ordered, chunksize):
+    # As submit(deadline=): at the deadline the consumer gets DeadlineExceeded (and the
+    # dead letter is written) while the call still runs; it counts as running until it
+    # returns, and the items after it in its chunk run elsewhere meanwhile.
+    pool = make_pool(2, retry=Retry(attempts=3, backoff=0.0))
+    release = threading.Event()
 
     def slow(x):
         if x == 1:
-            time.sleep(0.3)
+            assert release.wait(PROMPT)  # ignores its token
         return x
 
-    out = list(pool.map(slow, range(4), deadline=0.1, return_exceptions=True))
-    assert out[0] == 0 and out[2:] == [2, 3]
-    assert isinstance(out[1], DeadlineExceeded)
+    it = pool.map(slow, range(8), deadline=0.2, ordered=ordered, chunksize=chunksize,
+                  return_exceptions=True)
+    out = [next(it) for _ in range(8)]  # all of them while item 1 still runs
+    errors = [e for e in out if isinstance(e, DeadlineExceeded)]
+    assert len(errors) == 1 and sorted(x for x in out if x not in errors) == [0, 2, 3, 4, 5, 6, 7]
+    if ordered:
+        assert out[1] is errors[0]
+    assert [d.args for d in pool.dead_letters] == [(1,)]
+    s = pool.stats()
+    assert (s.succeeded, s.failed, s.running, s.dead_lettered, s.retried) == (7, 0, 1, 0, 0), s
+    check_invariant(s)
+    release.set()
+    assert pool.join(PROMPT)
+    s = pool.stats()
+    assert (s.succeeded, s.failed, s.running, s.dead_lettered) == (7, 1, 0, 1), s
+    assert len(pool.dead_letters) == 1
+    check_invariant(s)
+
+
+def test_deadline_of_an_item_that_returns_late(make_pool):
+    # No timer was quicker than the call: the runner sees it came back late.
+    pool = make_pool(1)
+
+    def slow(x):
+        if x == 1:
+            t = time.monotonic() + 0.2
+            while time.monotonic() < t:  # holds the GIL most of the time
+                pass
+        return x
+
+    out = list(pool.map(slow, range(4), deadline=0.05, return_exceptions=True))
+    assert out[0] == 0 and out[2:] == [2, 3] and isinstance(out[1], DeadlineExceeded)
+    assert pool.join(PROMPT)
     s = pool.stats()
     assert (s.succeeded, s.failed) == (3, 1)
     check_invariant(s)
@@ -228,6 +264,63 @@ def test_timed_shutdown_hands_back_items_not_started(make_pool, gate):
         next(it)
     wait_until(lambda: pool.stats().running == 0)
     check_invariant(pool.stats())
+
+
+@pytest.mark.parametrize("chunksize", [1, 4])
+def test_timed_shutdown_reports_running_items_and_hands_back_their_chunks(make_pool, gate,
+                                                                          chunksize):
+    # The items running when a timed shutdown returns are in still_running, as tasks
+    # are (their futures settle when they return); the items their runners had taken
+    # but not started are handed back with the rest (not cancelled). The report and
+    # the stats account for every item.
+    pool = make_pool(2)
+    it = pool.map(gate, range(10), buffersize=10, chunksize=chunksize)
+    gate.wait_started(2)
+    report = pool.shutdown(timeout=0.2)
+    assert report.timed_out
+    first = {(0,), (chunksize,)}  # each runner's first item (chunks of `chunksize`)
+    assert {t.args for t in report.still_running} == first
+    assert all(t.fn is gate and t.attempts == 1 and not t.future.done()
+               for t in report.still_running)
+    assert sorted(t.args for t in report.not_started) == sorted(
+        {(i,) for i in range(10)} - first)
+    assert all(t.future.cancelled() and t.attempts == 0 for t in report.not_started)
+    s = pool.stats()
+    assert (s.submitted, s.running, s.not_started, s.cancelled) == (10, 2, 8, 0), s
+    assert report.completed + len(report.not_started) + len(report.still_running) == 10
+    check_invariant(s)
+    gate.open()
+    assert next(it) == 0
+    if chunksize == 1:
+        assert next(it) == 1
+    with pytest.raises(CancelledError):
+        next(it)
+    for t in report.still_running:
+        assert t.future.result(PROMPT) == t.args[0]
+    wait_until(lambda: pool.stats().running == 0)
+    s = pool.stats()
+    assert (s.succeeded, s.not_started, s.cancelled) == (2, 8, 0), s
+    check_invariant(s)
+    assert pool.shutdown().completed == 2
+
+
+def test_overdue_item_still_running_at_shutdown_is_reported(make_pool):
+    pool = make_pool(1)
+    release = threading.Event()
+    it = pool.map(lambda x: release.wait(PROMPT) and x, range(3), deadline=0.1,
+                  return_exceptions=True)
+    assert isinstance(next(it), DeadlineExceeded)
+    report = pool.shutdown(timeout=0.2)
+    [t] = report.still_running
+    assert t.args == (0,)
+    with pytest.raises(DeadlineExceeded):
+        t.future.result(0)
+    assert sorted(t.args for t in report.not_started) == [(1,), (2,)]
+    release.set()
+    wait_until(lambda: pool.stats().running == 0)
+    s = pool.stats()
+    assert (s.failed, s.not_started, s.succeeded) == (1, 2, 0), s
+    check_invariant(s)
 
 
 def test_retry_waiting_at_shutdown_is_handed_back(make_pool):
