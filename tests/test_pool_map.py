@@ -442,4 +442,6 @@ def test_stress_maps_racing_a_timed_shutdown(make_pool, round_):
     assert s.queued == s.running == s.retrying == 0, s
     assert s.submitted == s.succeeded + s.failed + s.cancelled + s.not_started, s
     assert len(report.not_started) == s.not_started
+    # Every item is in the report once: done, handed back, or still running then.
+    assert report.completed + len(report.not_started) + len(report.still_running) == s.submitted
     assert s.dead_lettered == s.failed == len(pool.dead_letters)

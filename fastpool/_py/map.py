@@ -140,8 +140,9 @@ class _MapState:
         self.active: set[_Chunk] = set()  # the chunks runners run now
         # hooks.fast_retry: a retry policy the runner applies itself (see _item_failed).
         fast = None if hooks is None else hooks.fast_retry
-        self.fast_attempts, self.fast_classes = (0, ()) if fast is None else fast
-        self.gov = None if hooks is None else hooks.gov
+        self.fast_attempts: int = 0 if fast is None else fast[0]
+        self.fast_classes: tuple[type, ...] = () if fast is None else fast[1]
+        self.gov: Any = None if hooks is None else hooks.gov
         self._feed(self.buffersize or -1)
 
     def _count(self, src: int, dst: int, n: int, notify: bool = True) -> None:
@@ -344,30 +345,34 @@ class _MapState:
         else:
             if not c.step(2 * take, _CLOSED):
                 split = True
+        if not split:
+            # Counted before published: whoever sees an outcome finds it in the stats.
+            # (Shutdown waits for a _CLOSED chunk to leave `active`: see fastpool._core.)
+            self._count(_RUN_, _SUC_, nok)
+            self._count(_RUN_, _CANC_, nskip)
+            if c.single:
+                slot = results[0]
+                if type(slot) is not _Failure or slot.error is not None:
+                    self.publish_one(c.start, slot, False)  # (else: retried later again)
+            else:
+                with self.cond:
+                    if self.ordered:
+                        self.chunks[c.start] = results
+                    else:
+                        self.done.append(results)
+                    self.cond.notify_all()
         with self.cond:
             c.live = False
             self.active.discard(c)
-        if split:
-            return
-        # Counted before published: whoever sees an outcome finds it in the stats.
-        self._count(_RUN_, _SUC_, nok)
-        self._count(_RUN_, _CANC_, nskip)
-        if c.single:
-            slot = results[0]
-            if type(slot) is _Failure and slot.error is None:
-                return  # retried later again
-            self.publish_one(c.start, slot, False)
-            return
-        with self.cond:
-            if self.ordered:
-                self.chunks[c.start] = results
-            else:
-                self.done.append(results)
-            self.cond.notify_all()
         # Not kept while the next chunk runs: the consumer may have yielded and
         # dropped it already (bpo-14406).
         c.results = None
         del results
+
+    def closing(self) -> int:
+        """How many chunks are being published by their runners (see hand_back)."""
+        with self.cond:
+            return sum(c.state == _CLOSED for c in self.active)
 
     def publish_one(self, index: int, value: Any, failed: bool) -> None:
         """See fastpool._core: one item's outcome, published by itself."""

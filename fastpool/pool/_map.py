@@ -355,6 +355,7 @@ class _MapHooks:
         """A runner starts a chunk: the pool's timer looks at its running item's
         deadline (one timer entry per chunk, moved along as its items run)."""
         st = self.pool._state
+        assert self.deadline is not None
         with st.lock:
             chunk.timer = self.pool._outcomes.timer.call_at(
                 monotonic() + self.deadline, _map_deadline_due, (job, self, chunk))
@@ -460,6 +461,12 @@ def collect(state: PoolState, timer: Timer, items: list[Any]) -> list[Any]:
         if not isinstance(runner, core.PoolTask):
             runner.cancel()
     return records
+
+
+def closing(state: PoolState) -> bool:
+    """Whether a map's runner is counting and publishing a chunk it finished (shutdown
+    waits for it, with the lock released, as for tasks in transit)."""
+    return any(job.job.closing() for job in list(state.maps))
 
 
 def _hand_back(state: PoolState, job_state: Any, records: list[Any]) -> None:

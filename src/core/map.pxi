@@ -417,6 +417,7 @@ cdef class _MapState:
         cdef _Chunk c
         while True:
             c = _Chunk.__new__(_Chunk)
+            c.state.store(0)
             with cython.critical_section(self):
                 n = len(self.pending) - self.head
                 if self.cancelled.load() or (n <= 0 and not self.retries):
@@ -535,28 +536,33 @@ cdef class _MapState:
         else:
             if not fp_step(&c.state, 2 * take, _CLOSED):
                 split = True
+        if not split:
+            # Counted before published: whoever sees an outcome finds it in the stats.
+            # (Shutdown waits for a _CLOSED chunk to leave `active`: its report counts
+            # every item.)
+            if self.ledger is not None:
+                self._count(_RUN_, _SUC_, nok)
+                self._count(_RUN_, _CANC_, nskip)
+            if c.single:
+                slot = results[0]
+                if type(slot) is not _Failure or (<_Failure>slot).error is not None:
+                    self.publish_one(c.start, slot, False)  # (else: retried later again)
+            else:
+                with cython.critical_section(self):
+                    if self.ordered:
+                        self.chunks[c.start] = results
+                    else:
+                        self.done.append(results)
+                self.signal.notify()
         with cython.critical_section(self):
             c.live = False
             self.active.discard(c)
-        if split:
-            return 0
-        # Counted before published: whoever sees an outcome finds it in the stats.
-        if self.ledger is not None:
-            self._count(_RUN_, _SUC_, nok)
-            self._count(_RUN_, _CANC_, nskip)
-        if c.single:
-            slot = results[0]
-            if type(slot) is _Failure and (<_Failure>slot).error is None:
-                return 0  # retried later again
-            self.publish_one(c.start, slot, False)
-            return 0
-        with cython.critical_section(self):
-            if self.ordered:
-                self.chunks[c.start] = results
-            else:
-                self.done.append(results)
-        self.signal.notify()
         return 0
+
+    def closing(self):
+        """How many chunks are being published by their runners (see hand_back)."""
+        with cython.critical_section(self):
+            return sum([(<_Chunk>c).state.load() == _CLOSED for c in self.active])
 
     def publish_one(self, Py_ssize_t index, value, bint failed):
         """The outcome of one item, published by itself (a retried item, or one split
