@@ -392,11 +392,12 @@ def test_mapjob_honours_chunksize(core_impl):
     assert list(job) == list(range(12))
 
 
+@pytest.mark.parametrize("deadline", [None, 0.004])
 @pytest.mark.parametrize("round_", range(3))
-def test_stress_maps_racing_a_timed_shutdown(make_pool, round_):
-    # Maps with failures and retries from several threads, the stats read all along,
-    # then a timed shutdown: every item ends in exactly one state, and the report
-    # hands back exactly the items counted not_started.
+def test_stress_maps_racing_a_timed_shutdown(make_pool, round_, deadline):
+    # Maps with failures, retries (and deadlines) from several threads, the stats read
+    # all along, then a timed shutdown: every item ends in exactly one state, and the
+    # report hands back exactly the items counted not_started.
     pool = make_pool(4, retry=Retry(attempts=2, backoff=0.0005, jitter=0.0))
     bad: list[Stats] = []
     stop = threading.Event()
@@ -406,12 +407,15 @@ def test_stress_maps_racing_a_timed_shutdown(make_pool, round_):
             raise OSError(x)
         if x % 5 == 0:
             time.sleep(0.001)  # busy enough that the shutdown times out
+        if deadline and x % 97 == 0:
+            time.sleep(0.006)  # overdue
         return x
 
     def consumer(k):
         try:
             for _ in pool.map(fn, range(3000), ordered=k % 2 == 0, chunksize=1 + k,
-                              return_exceptions=True, buffersize=64 if k == 0 else None):
+                              return_exceptions=True, buffersize=64 if k == 0 else None,
+                              deadline=deadline):
                 pass
         except (RuntimeError, CancelledError):
             pass  # shut down under it

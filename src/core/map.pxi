@@ -115,9 +115,13 @@ cdef class _MapRunner:
 # outcome the Ledger does not count yet. A failure goes through Python
 # (hooks.failed, in fastpool/pool/_map.py), which counts it and decides: a final
 # failure (dead-lettered under a retry policy), or a retry: the slot then holds
-# _RETRY, the pool's timer calls requeue() after the backoff, and a runner runs the
-# item again by itself, publishing its outcome under its index (ordered) or as a
-# chunk of one (unordered).
+# _Failure(None), the pool's timer calls requeue() after the backoff, and a runner
+# runs the item again by itself, publishing its outcome under its index (ordered) or
+# as a chunk of one (unordered) -- except a retry without backoff on exception classes
+# (hooks.fast_retry), which the runner decides and runs at once by itself.
+# Shutdown and an item's deadline split a chunk off its runner (see _Chunk, split()):
+# the item running is reported running (shutdown) or fails with DeadlineExceeded at
+# once, and is counted when its call returns.
 # (The Ledger's counters, fastpool/_states.py, as C ints.)
 cdef int _QUE_ = N_QUEUED, _RUN_ = N_RUNNING, _RET_ = N_RETRYING, _SUC_ = N_SUCCEEDED
 cdef int _FAIL_ = N_FAILED, _CANC_ = N_CANCELLED, _NOTS_ = N_NOT_STARTED, _RETD_ = N_RETRIED
@@ -142,7 +146,8 @@ cdef class _MapState:
     (ordered=True) or as chunks complete. An item's exception is raised where its
     result would be (then the job is cancelled), or returned with return_exceptions.
     ledger, hooks: a Pool's map (see above); deadline: seconds an item may run, after
-    which its outcome is a failure (hooks.failed with error None).
+    which its outcome is DeadlineExceeded (the pool's timer splits it off: see split(),
+    or hooks.failed with error None if it came back late before the timer looked).
     """
 
     cdef object fn
