@@ -105,6 +105,11 @@ class Ledger:
             elif dst == N_RUNNING:
                 self.running.add(task)
 
+    def add_running(self, task: Any) -> None:
+        # See fastpool._core: a map item shutdown found running.
+        with self._lock:
+            self.running.add(task)
+
     def _bulk(self, src: int, dst: int, n: int) -> None:
         # n items (of a map) change state at once, under self._lock.
         c = self._c

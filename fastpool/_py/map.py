@@ -10,8 +10,8 @@ from concurrent.futures import CancelledError as _base_CancelledError
 from concurrent.futures import TimeoutError as _FuturesTimeoutError
 from typing import TYPE_CHECKING, Any, Callable, Union
 
-from .._states import (N_CANCELLED, N_FAILED, N_NOT_STARTED, N_QUEUED, N_RETRYING, N_RUNNING,
-                       N_SUCCEEDED)
+from .._states import (N_CANCELLED, N_FAILED, N_NOT_STARTED, N_QUEUED, N_RETRIED, N_RETRYING,
+                       N_RUNNING, N_SUCCEEDED)
 
 if TYPE_CHECKING:
     from .ledger import Ledger
@@ -28,6 +28,42 @@ class _Failure:
 
     def __init__(self, error: BaseException | None) -> None:
         self.error = error
+
+
+# A runner's claim on its items (see fastpool._core): 2i: items [0, i) done; 2i+1: item
+# i running; _CLOSED: its runner publishes it; _SPLIT: shutdown or a deadline took it.
+_SPLIT, _CLOSED = -1, -2
+# How an item's failure ended (_MapState._item_failed).
+_OK, _FAILED, _AGAIN, _LOST = 0, 1, 2, 3
+
+
+class _Chunk:
+    """Items a runner took (a chunk, or one retried item: single); see fastpool._core."""
+
+    __slots__ = ("start", "items", "results", "attempt", "single", "live", "state",
+                 "lock", "t_item", "lost", "overdue", "watch", "timer")
+
+    def __init__(self, start: int, items: list[Any], attempt: int, single: bool) -> None:
+        self.start = start
+        self.items = items
+        self.results: list[Any] | None = None
+        self.attempt = attempt
+        self.single = single
+        self.live = False
+        self.state = 0
+        self.lock = threading.Lock()
+        self.t_item = 0.0
+        self.lost = -1
+        self.overdue: BaseException | None = None
+        self.watch: Any = None
+        self.timer: Any = None
+
+    def step(self, frm: int, to: int) -> bool:
+        with self.lock:
+            if self.state != frm:
+                return False
+            self.state = to
+            return True
 
 
 class _MapRunner:
@@ -101,6 +137,12 @@ class _MapState:
         self.item_deadline = deadline
         self.retries: deque[tuple[int, Any, int]] = deque()
         self.retried: dict[int, Any] = {}
+        self.active: set[_Chunk] = set()  # the chunks runners run now
+        # hooks.fast_retry: a retry policy the runner applies itself (see _item_failed).
+        fast = None if hooks is None else hooks.fast_retry
+        self.fast_attempts: int = 0 if fast is None else fast[0]
+        self.fast_classes: tuple[type, ...] = () if fast is None else fast[1]
+        self.gov: Any = None if hooks is None else hooks.gov
         self._feed(self.buffersize or -1)
 
     def _count(self, src: int, dst: int, n: int, notify: bool = True) -> None:
@@ -164,7 +206,7 @@ class _MapState:
         """See fastpool._core: queue a retried item again; True if a runner must start."""
         start = dropped = False
         with self.cond:
-            if self.cancelled:
+            if self.cancelled or self.aborted:
                 dropped = True
             else:
                 self.retries.append((index, item, attempt))
@@ -189,36 +231,53 @@ class _MapState:
         if stranded:
             self.abort(None)
 
-    def _item_failed(self, index: int, item: Any, attempt: int,
-                     error: BaseException | None) -> _Failure | None:
-        """An item raised `error`, or ran past its deadline (None); see fastpool._core:
-        its slot, or None to run it again now."""
+    def _item_failed(self, c: _Chunk, i: int, attempt: int,
+                     error: BaseException | None) -> tuple[Any, int]:
+        """Item i of c raised `error`, or ran past its deadline (None); see
+        fastpool._core: (its slot, how: _FAILED, _AGAIN or _LOST)."""
         if self.hooks is None:
-            return _Failure(error)
+            c.step(2 * i + 1, 2 * i + 2)  # (nobody splits without hooks)
+            return _Failure(error), _FAILED
+        if (error is not None and attempt < self.fast_attempts
+                and isinstance(error, self.fast_classes) and not self.gov.cancelled):
+            # The pool's policy, decided here (see fastpool._core): run it again now.
+            ledger = self.ledger
+            assert ledger is not None
+            with ledger._lock, c.lock:
+                if not ledger._collecting and c.state == 2 * i + 1:
+                    ledger._shift(N_RUNNING, N_RUNNING, N_RETRIED, None)
+                    return None, _AGAIN
         try:
-            out = self.hooks.failed(self, index, item, error, attempt)
+            out = self.hooks.failed(self, c, c.start + i, c.items[i], error, attempt)
         except BaseException as exc:
             # hooks.failed counts before it can fail; if it fails, the item is failed.
             self._count(_RUN_, _FAIL_, 1)
-            return _Failure(exc)
-        return None if out is True else _Failure(out)
+            c.step(2 * i + 1, 2 * i + 2)
+            return _Failure(exc), _FAILED
+        if out is True:
+            return None, _AGAIN
+        if out is False:
+            return None, _LOST
+        return _Failure(out), _FAILED
 
-    def _call(self, index: int, item: Any, attempt: int) -> tuple[Any, bool]:
-        """Run one item (again, while a retry without backoff asks): (its slot, whether
-        it succeeded)."""
+    def _call(self, c: _Chunk, i: int) -> tuple[Any, int]:
+        """Run item i of c (claimed), again while a retry without backoff asks: (its
+        slot, how: _OK (not finished yet), _FAILED (finished) or _LOST)."""
         limit = self.item_deadline
+        attempt = c.attempt
+        item = c.items[i]
         while True:
             t1 = time.monotonic()
             try:
                 result = self.fn(*item) if self.star else self.fn(item)
             except BaseException as exc:
-                slot = self._item_failed(index, item, attempt, exc)
+                slot, how = self._item_failed(c, i, attempt, exc)
             else:
                 if limit is None or time.monotonic() - t1 <= limit:
-                    return result, True
-                slot = self._item_failed(index, item, attempt, None)
-            if slot is not None:
-                return slot, False
+                    return result, _OK
+                slot, how = self._item_failed(c, i, attempt, None)
+            if how != _AGAIN:
+                return slot, how
             attempt += 1
 
     def run_loop(self) -> None:
@@ -226,82 +285,227 @@ class _MapState:
         self._run()
 
     def _run(self) -> None:
+        watched = self.item_deadline is not None and self.hooks is not None
         while True:
-            retry = None
             with self.cond:
                 if self.cancelled or not (self.pending or self.retries):
                     self.runners -= 1
                     return
                 if self.retries:
-                    retry = self.retries.popleft()  # a retried item goes first, by itself
+                    index, item, attempt = self.retries.popleft()  # first, by itself
+                    c = _Chunk(index, [item], attempt, True)
                 else:
-                    n = len(self.pending)
-                    take = min(self.min_chunk, n)
-                    start = self.taken
-                    items = [self.pending.popleft() for _ in range(take)]
+                    take = min(self.min_chunk, len(self.pending))
+                    c = _Chunk(self.taken, [self.pending.popleft() for _ in range(take)],
+                               1, False)
                     self.taken += take
-            if retry is not None:
-                self._run_retry(*retry)
-                continue
-            self._count(_QUE_, _RUN_, take, False)
-            results: list[Any] = []
-            nok = nskip = 0
-            for i, item in enumerate(items):
-                if self.cancelled:
-                    # Never started: reported as cancelled if anyone still looks.
-                    results.append(_Failure(_base_CancelledError()))
-                    nskip += 1
-                    continue
-                slot, ok = self._call(start + i, item, 1)
-                nok += ok
-                results.append(slot)
-                del slot
-            del items
+                c.live = True
+                self.active.add(c)
+            self._count(_QUE_, _RUN_, len(c.items), False)
+            if watched:
+                self.hooks.watch_deadline(self, c)  # the pool's timer watches its items
+            self._run_chunk(c)
+            if watched:
+                self.hooks.chunk_done(c)
+            del c
+
+    def _run_chunk(self, c: _Chunk) -> None:
+        """See fastpool._core: run c's items and publish them, unless c is split off."""
+        take = len(c.items)
+        results: list[Any] = [None] * take
+        c.results = results
+        nok = nskip = 0
+        split = False
+        for i in range(take):
+            if self.cancelled:
+                # The consumer is gone: the rest never starts (counted cancelled).
+                if not c.step(2 * i, _CLOSED):
+                    split = True
+                    break
+                for j in range(i, take):
+                    results[j] = _Failure(_base_CancelledError())
+                nskip = take - i
+                break
+            c.t_item = time.monotonic()
+            if not c.step(2 * i, 2 * i + 1):
+                split = True
+                break
+            slot, how = self._call(c, i)
+            if how == _LOST:
+                split = True
+                break
+            if how == _OK:
+                if not c.step(2 * i + 1, 2 * i + 2):
+                    self.hooks.lost(self, c, c.start + i, slot)  # split off while it ran
+                    split = True
+                    break
+                nok += 1
+            results[i] = slot
+            del slot
+        else:
+            if not c.step(2 * take, _CLOSED):
+                split = True
+        if not split:
             # Counted before published: whoever sees an outcome finds it in the stats.
+            # (Shutdown waits for a _CLOSED chunk to leave `active`: see fastpool._core.)
             self._count(_RUN_, _SUC_, nok)
             self._count(_RUN_, _CANC_, nskip)
-            with self.cond:
-                if self.ordered:
-                    self.chunks[start] = results
-                else:
-                    self.done.append(results)
-                self.cond.notify_all()
-            # Not kept while the next chunk runs: the consumer may have yielded and
-            # dropped it already (bpo-14406).
-            del results
+            if c.single:
+                slot = results[0]
+                if type(slot) is not _Failure or slot.error is not None:
+                    self.publish_one(c.start, slot, False)  # (else: retried later again)
+            else:
+                with self.cond:
+                    if self.ordered:
+                        self.chunks[c.start] = results
+                    else:
+                        self.done.append(results)
+                    self.cond.notify_all()
+        with self.cond:
+            c.live = False
+            self.active.discard(c)
+        # Not kept while the next chunk runs: the consumer may have yielded and
+        # dropped it already (bpo-14406).
+        c.results = None
+        del results
 
-    def _run_retry(self, index: int, item: Any, attempt: int) -> None:
-        """Run a retried item again (counted queued) and publish its outcome."""
-        self._count(_QUE_, _RUN_, 1, False)
-        slot, ok = self._call(index, item, attempt)
-        if ok:
-            self._count(_RUN_, _SUC_, 1)
-        elif slot.error is None:
-            return  # retrying again
+    def closing(self) -> int:
+        """How many chunks are being published by their runners (see hand_back)."""
+        with self.cond:
+            return sum(c.state == _CLOSED for c in self.active)
+
+    def publish_one(self, index: int, value: Any, failed: bool) -> None:
+        """See fastpool._core: one item's outcome, published by itself."""
+        if failed:
+            value = _Failure(value)
         with self.cond:
             if self.ordered:
-                self.retried[index] = slot
+                self.retried[index] = value
             else:
-                self.done.append([slot])
+                self.done.append([value])
             self.cond.notify_all()
 
-    def _take_unstarted(self) -> list[tuple[Any, int]]:
-        """Under self.cond: stop, and take every item not started (queued)."""
+    def finish(self, c: _Chunk) -> bool:
+        """See fastpool._core: the running item of c is finished (False: split off)."""
+        with c.lock:
+            if c.state >= 0 and c.state % 2 == 1:
+                c.state += 1
+                return True
+            return False
+
+    def owns(self, c: _Chunk) -> bool:
+        """Whether c's runner still owns its running item (not split off)."""
+        return c.state >= 0
+
+    def take_lost(self, c: _Chunk) -> tuple[BaseException | None, Any]:
+        """See fastpool._core: (its DeadlineExceeded or None, its record or None)."""
+        with self.cond:
+            c.lost = -1
+            watch, c.watch = c.watch, None
+            return c.overdue, watch
+
+    def split(self, c: _Chunk, overdue: BaseException | None = None) -> Any:
+        """See fastpool._core: split c off its runner (shutdown, or its deadline)."""
+        limit = self.item_deadline
+        with self.cond:
+            if not c.live:
+                return None if overdue is None else -1.0
+            with c.lock:
+                s = c.state
+                if s < 0:
+                    if overdue is None and c.lost >= 0 and c.watch is None:
+                        return [], (c.start + c.lost, c.items[c.lost], c.attempt)
+                    return None if overdue is None else -1.0
+                if overdue is not None:
+                    assert limit is not None
+                    now = time.monotonic()
+                    if s % 2 == 0:
+                        return now + limit  # no item runs: the next starts later
+                    if now - c.t_item < limit:
+                        return c.t_item + limit
+                c.state = _SPLIT
+            take = len(c.items)
+            k, running = s // 2, s % 2 == 1
+            results = c.results
+            assert results is not None
+            copy: list[Any] = []
+            left: list[tuple[Any, int]] = []
+            requeue: list[tuple[int, Any, int]] = []
+            nok = 0
+            for j in range(take):
+                if j < k:
+                    slot = results[j]
+                    nok += type(slot) is not _Failure
+                elif j == k and running:
+                    c.lost = k
+                    c.overdue = overdue
+                    slot = _Failure(overdue)  # None: its outcome comes by itself
+                elif overdue is None:
+                    left.append((c.items[j], c.attempt))
+                    slot = _Failure(_base_CancelledError())
+                else:
+                    requeue.append((c.start + j, c.items[j], c.attempt))
+                    slot = _Failure(None)
+                copy.append(slot)
+        if overdue is not None and running:
+            self.hooks.overdue(c.items[k], c.attempt, overdue)  # before it is delivered
+        # (No idle check: the caller holds the pool's lock, and checks.)
+        self._count(_RUN_, _SUC_, nok, False)
+        self._count(_RUN_, _NOTS_ if overdue is None else _QUE_, take - k - running, False)
+        start = False
+        with self.cond:
+            if requeue:
+                self.retries.extendleft(reversed(requeue))
+                self.runners += 1  # its runner is busy: another takes the rest
+                start = True
+            if c.single:
+                slot = copy[0]
+                if type(slot) is not _Failure or slot.error is not None:
+                    if self.ordered:
+                        self.retried[c.start] = slot
+                    else:
+                        self.done.append(copy)
+            elif self.ordered:
+                self.chunks[c.start] = copy
+            else:
+                self.done.append(copy)
+            self.cond.notify_all()
+        if overdue is not None:
+            return start
+        return left, (c.start + k, c.items[k], c.attempt) if running else None
+
+    def _take_unstarted(self, stop: bool = True) -> list[tuple[Any, int]]:
+        """Under self.cond: take every item not started (queued), and stop (see
+        fastpool._core)."""
         left = [(item, 1) for item in self.pending]
         left += [(e[1], e[2]) for e in self.retries]
         self.pending.clear()
         self.retries.clear()
-        self.cancelled = True
+        if stop:
+            self.cancelled = True
         return left
 
-    def hand_back(self) -> list[tuple[Any, int]]:
-        """See fastpool._core: shutdown takes back the items not started."""
+    def hand_back(self) -> tuple[list[tuple[Any, int]], list[tuple[Any, ...]]]:
+        """See fastpool._core: shutdown takes back the items not started, and finds
+        those running."""
         with self.cond:
-            left = self._take_unstarted()
+            # Not stopped yet: see fastpool._core.
+            left = self._take_unstarted(False)
             self.aborted = True
+            chunks = list(self.active)
             self.cond.notify_all()
-        self._count(_QUE_, _NOTS_, len(left))
-        return left
+        self._count(_QUE_, _NOTS_, len(left), False)  # (the caller checks idleness)
+        running = []
+        for c in chunks:
+            out = self.split(c)
+            if out is not None:
+                left += out[0]
+                if out[1] is not None:
+                    running.append((c,) + out[1] + (c.overdue,))
+        with self.cond:
+            self.cancelled = True
+            self.cond.notify_all()
+        return left, running
 
     def abort(self, error: BaseException | None = None) -> None:
         """The pool is cancelling its work: inputs not started yet never run, and the
@@ -313,6 +517,12 @@ class _MapState:
             left = self._take_unstarted()
             self.cond.notify_all()
         self._count(_QUE_, _CANC_, len(left))
+
+    def watch(self, c: _Chunk, record: Any) -> None:
+        """See fastpool._core: shutdown reports c's running item."""
+        with self.cond:
+            c.watch = record
+
 
     def _drop(self, notify: bool) -> None:
         self.cur = None

@@ -18,9 +18,9 @@ from ..cancel import CancelToken, _local, _timeout_seconds
 from ..deadletter import DeadLetter
 from ..errors import DeadlineExceeded
 from .._states import (N_CANCELLED, N_DEAD_LETTERED, N_FAILED, N_NOT_STARTED, N_RETRIED,
-                       N_RETRYING, N_RUNNING)
+                       N_RETRYING, N_RUNNING, N_SUCCEEDED)
 from ..retry import Retry
-from ._records import Task
+from ._records import Task, unstart
 from ._submit import check_retry_and_token
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ class _MapHooks:
     but the common path -- queueing runners, failures, retries, dead letters, the
     call's token. The job counts its items in the Ledger; these count the rest."""
 
-    __slots__ = ("pool", "fn", "star", "retry", "deadline", "gov", "governed")
+    __slots__ = ("pool", "fn", "star", "retry", "deadline", "gov", "governed", "fast_retry")
 
     def __init__(self, pool: Pool, fn: Callable[..., Any], star: bool, retry: Retry | None,
                  deadline: float | None, token: CancelToken | None) -> None:
@@ -202,6 +202,12 @@ class _MapHooks:
         # Without a token of the call the items see the pool's (the worker's default).
         self.governed = token is not None
         self.gov = pool._state.token if token is None else CancelToken._any(pool._state.token, token)
+        # A policy the runner applies by itself, without calling failed(): no backoff
+        # (the item runs again at once, staying counted running) and exception classes
+        # (an isinstance test). (attempts, classes), or None.
+        self.fast_retry: tuple[int, tuple[type, ...]] | None = None
+        if retry is not None and retry.backoff == 0.0 and retry._classes is not None:
+            self.fast_retry = (retry.attempts, retry._classes)
 
     def enqueue(self, runner: Any) -> None:
         # The consumer's thread (it may wait for room in a bounded queue).
@@ -245,53 +251,183 @@ class _MapHooks:
     def args(self, item: Any) -> tuple[Any, ...]:
         return item if self.star else (item,)
 
-    def failed(self, job: Any, index: int, item: Any, exc: BaseException | None,
+    def failed(self, job: Any, chunk: Any, index: int, item: Any, exc: BaseException | None,
                attempt: int) -> BaseException | bool | None:
         """An item (counted running) failed, or ran past its deadline (exc None).
         Count it; return the error to deliver, None if it is retried after its
-        backoff, True if it is to run again at once (no backoff: it stays running)."""
+        backoff, True if it is to run again at once (no backoff: it stays running),
+        False if it was split off its runner while it ran (settled here: see lost())."""
         pool = self.pool
-        ledger = pool._state.ledger
+        st = pool._state
+        ledger = st.ledger
         if exc is None:
             exc = DeadlineExceeded(f"task ran past its deadline of {self.deadline} s")
             retryable = False
         else:
             retryable = True
         gov = self.gov
-        if isinstance(exc, CancelledError) and gov.cancelled:
-            # The item saw its token cancelled and stopped: that is a cancellation.
-            if ledger.move(N_RUNNING, N_CANCELLED):
-                pool._state.check_idle()
-            return exc
+        # The item saw its token cancelled and stopped: that is a cancellation.
+        cancelled = isinstance(exc, CancelledError) and gov.cancelled
         retry = self.retry
-        if (retryable and retry is not None and attempt < retry.attempts
-                and not gov.cancelled and retry.should_retry(exc)):
-            delay = retry.delay(attempt)
-            with pool._state.lock:
-                if not ledger.collecting:
-                    if delay <= 0.0:
-                        # No backoff: the runner calls it again now (it stays running).
-                        ledger.move(N_RUNNING, N_RUNNING, N_RETRIED)
-                        return True
-                    ledger.move(N_RUNNING, N_RETRYING, N_RETRIED)
-                    pool._outcomes.timer.call_at(monotonic() + delay, _map_retry_due,
-                                        (job, self, index, item, attempt + 1))
-                    return None
-        with pool._state.lock:
+        # (should_retry may run user code: not under the lock.)
+        again = (retryable and not cancelled and retry is not None
+                 and attempt < retry.attempts and not gov.cancelled and retry.should_retry(exc))
+        delay = retry.delay(attempt) if again else 0.0  # type: ignore[union-attr]
+        with st.lock:
+            if not job.owns(chunk):
+                return self._lost_failure(job, chunk, index, item, exc, attempt, cancelled)
+            if cancelled:
+                job.finish(chunk)
+                if ledger.move(N_RUNNING, N_CANCELLED):
+                    st.check_idle_locked()
+                return exc
+            if again and not ledger.collecting:
+                if delay <= 0.0:
+                    # No backoff: the runner calls it again now (it stays running).
+                    ledger.move(N_RUNNING, N_RUNNING, N_RETRIED)
+                    return True
+                job.finish(chunk)
+                ledger.move(N_RUNNING, N_RETRYING, N_RETRIED)
+                pool._outcomes.timer.call_at(monotonic() + delay, _map_retry_due,
+                                             (job, self, index, item, attempt + 1))
+                return None
+            job.finish(chunk)
             # The dead letter goes in before the failure is counted and delivered.
             extra = -1
             if retry is not None:
                 extra = N_DEAD_LETTERED
-                pool.dead_letters.put(DeadLetter(None, self.fn, self.args(item), {}, exc,
-                                                 attempt, time()))
+                self._letter(item, attempt, exc)
             if ledger.move(N_RUNNING, N_FAILED, extra):
-                pool._state.check_idle_locked()
+                st.check_idle_locked()
         return exc
+
+    def _lost_failure(self, job: Any, chunk: Any, index: int, item: Any, exc: BaseException,
+                      attempt: int, cancelled: bool) -> bool:
+        # Under the lock: the item failed after it was split off its runner (failed()).
+        st = self.pool._state
+        overdue, watch = job.take_lost(chunk)
+        if overdue is not None:
+            # Its deadline failed it already (and wrote its dead letter).
+            dst, extra = N_FAILED, -1 if self.retry is None else N_DEAD_LETTERED
+        elif cancelled:
+            dst, extra = N_CANCELLED, -1
+        else:
+            dst, extra = N_FAILED, -1
+            if self.retry is not None:  # (shutdown is collecting: no retry)
+                extra = N_DEAD_LETTERED
+                self._letter(item, attempt, exc)
+        if st.ledger.move(N_RUNNING, dst, extra, watch):
+            st.check_idle_locked()
+        if overdue is None:
+            # (No user code runs here: a done-callback on the record's future is ours.)
+            if watch is not None:
+                _settle(watch.future, exc, cancelled)
+            job.publish_one(index, exc, True)
+        return False
+
+    def lost(self, job: Any, chunk: Any, index: int, value: Any) -> None:
+        """An item split off its runner while it ran (by its deadline, or shutdown)
+        returned `value`: count it (the runner publishes nothing of it)."""
+        st = self.pool._state
+        with st.lock:
+            overdue, watch = job.take_lost(chunk)
+            if overdue is not None:
+                dst, extra = N_FAILED, -1 if self.retry is None else N_DEAD_LETTERED
+            else:
+                dst, extra = N_SUCCEEDED, -1
+            if st.ledger.move(N_RUNNING, dst, extra, watch):
+                st.check_idle_locked()
+        if overdue is None:
+            if watch is not None:
+                _settle(watch.future, value, False)
+            job.publish_one(index, value, False)
+
+    def overdue(self, item: Any, attempt: int, exc: BaseException) -> None:
+        """An item's deadline passed while it runs (job.split; the pool's lock is held)."""
+        if self.retry is not None:
+            self._letter(item, attempt, exc)
+
+    def _letter(self, item: Any, attempt: int, exc: BaseException) -> None:
+        self.pool.dead_letters.put(DeadLetter(None, self.fn, self.args(item), {}, exc,
+                                              attempt, time()))
+
+    def watch_deadline(self, job: Any, chunk: Any) -> None:
+        """A runner starts a chunk: the pool's timer looks at its running item's
+        deadline (one timer entry per chunk, moved along as its items run)."""
+        st = self.pool._state
+        assert self.deadline is not None
+        with st.lock:
+            chunk.timer = self.pool._outcomes.timer.call_at(
+                monotonic() + self.deadline, _map_deadline_due, (job, self, chunk))
+
+    def chunk_done(self, chunk: Any) -> None:
+        with self.pool._state.lock:
+            entry, chunk.timer = chunk.timer, None
+            if entry is not None:
+                self.pool._outcomes.timer.cancel(entry)
 
     def record(self, item: Any, attempts: int) -> Any:
         fut = core.Future()
         fut.cancel()
         return Task(self.fn, self.args(item), {}, None, fut, attempts)
+
+    def running(self, item: Any, attempt: int, overdue: BaseException | None) -> _MapItem:
+        """The Ledger's record of a map item running at shutdown (its future settles
+        when it returns, or failed already if its deadline passed)."""
+        fut = core.Future()
+        fut.set_running_or_notify_cancel()
+        if overdue is not None:
+            fut.set_exception(overdue)
+        return _MapItem(self.fn, self.args(item), fut, attempt)
+
+
+class _MapItem:
+    """A map item in the Ledger's running set (a PoolTask there is another): what
+    fastpool.pool._records.record() reads."""
+
+    __slots__ = ("fn", "args", "kwargs", "opts", "future", "attempt")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], future: Any,
+                 attempt: int) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs: dict[str, Any] = {}
+        self.opts = None
+        self.future = future
+        self.attempt = attempt
+
+
+def _settle(fut: Any, outcome: Any, cancelled: bool) -> None:
+    try:
+        if cancelled:
+            unstart(fut)
+            fut.cancel()
+        elif isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
+    except cf.InvalidStateError:
+        pass
+
+
+def _map_deadline_due(entry: tuple[Any, Any, Any]) -> None:
+    """The pool's timer: look at the running item of a chunk (see job.split)."""
+    job, hooks, chunk = entry
+    pool = hooks.pool
+    st = pool._state
+    exc = DeadlineExceeded(f"task ran past its deadline of {hooks.deadline} s")
+    with st.lock:
+        out = job.split(chunk, exc)
+        if out is True or out is False:
+            chunk.timer = None
+            if st.ledger.watch:
+                st.check_idle_locked()
+        elif out >= 0.0:
+            chunk.timer = pool._outcomes.timer.call_at(out, _map_deadline_due, entry)
+        else:
+            chunk.timer = None
+    if out is True:
+        hooks.start_runner(job)
 
 
 def _map_retry_due(entry: tuple[Any, ...]) -> None:
@@ -313,21 +449,37 @@ def collect(state: PoolState, timer: Timer, items: list[Any]) -> list[Any]:
     """Pool shutdown (under its lock): hand back the maps' items not started (queued,
     or waiting to retry), counted not_started; `items`: what was drained from the
     queue (the maps' runners among them are dropped)."""
-    records = []
+    records: list[Any] = []
     for job in list(state.maps):
-        job_state = job.job
-        hooks = job_state.hooks
-        for item, attempt in job_state.hand_back():
-            records.append(hooks.record(item, attempt - 1))
+        _hand_back(state, job.job, records)
     for entry in timer.drain(_map_retry_due):
         job_state, hooks, _, item, attempt = entry
-        job_state.hand_back()
+        _hand_back(state, job_state, records)  # (a job no longer in maps: done here)
         state.ledger.move(N_RETRYING, N_NOT_STARTED)
         records.append(hooks.record(item, attempt - 1))
     for runner in items:
         if not isinstance(runner, core.PoolTask):
             runner.cancel()
     return records
+
+
+def closing(state: PoolState) -> bool:
+    """Whether a map's runner is counting and publishing a chunk it finished (shutdown
+    waits for it, with the lock released, as for tasks in transit)."""
+    return any(job.job.closing() for job in list(state.maps))
+
+
+def _hand_back(state: PoolState, job_state: Any, records: list[Any]) -> None:
+    hooks = job_state.hooks
+    left, running = job_state.hand_back()
+    for item, attempt in left:
+        records.append(hooks.record(item, attempt - 1))
+    # Its items still running are reported as tasks are: in the Ledger's running set
+    # until they are counted (hooks.lost, hooks.failed).
+    for chunk, _, item, attempt, overdue in running:
+        rec = hooks.running(item, attempt, overdue)
+        job_state.watch(chunk, rec)
+        state.ledger.add_running(rec)
 
 
 def fail(state: PoolState, timer: Timer, items: list[Any], error: BaseException) -> None:

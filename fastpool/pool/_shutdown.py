@@ -129,10 +129,10 @@ class Shutdown:
             maps = _map.collect(st, outcomes.timer, items)  # the maps' items not started
             # Tasks in transit are still counted as queued or retrying: taken from the
             # queue by a worker that has not reached the lock yet, a retry the timer
-            # thread is putting back, a deadline being settled. They resolve (into
-            # `late`, or an outcome) in a moment.
+            # thread is putting back, a deadline being settled -- or a map's chunk its
+            # runner is counting. They resolve (into `late`, or an outcome) in a moment.
             waited = 0.0
-            while ledger.in_transit():
+            while ledger.in_transit() or _map.closing(st):
                 st.idle.wait(0.005)
                 waited += 0.005
                 if waited > 10.0:

@@ -139,6 +139,12 @@ cdef class Ledger:
             self._shift(src, dst, extra, task)
             return self._watch > 0
 
+    def add_running(self, task):
+        """A map item shutdown found running joins the running set (no counter
+        moves: it is counted running already); move(..., task) takes it out."""
+        with cython.critical_section(self):
+            self.running.add(task)
+
     cdef inline void _bulk(self, int src, int dst, Py_ssize_t n) noexcept:
         # n items change state at once (a map's chunk), in the caller's critical section.
         if src == c_OUTSIDE:

@@ -37,6 +37,53 @@ cdef object _failure_from_error():
     return _Failure(error)
 
 
+# A runner's claim on its items. A runner moves a chunk's state along 0, 1, 2, ...:
+# 2i: items [0, i) done, 2i+1: item i running; then _CLOSED (the runner publishes it).
+# Shutdown and the pool's timer (an item's deadline) may instead move it to _SPLIT,
+# taking what the runner has not started (see _MapState.split). Every move is one
+# fp_step, so the two never both win an item: the runner's per-item cost is two
+# steps, plain loads and stores under the GIL.
+cdef Py_ssize_t _SPLIT = -1, _CLOSED = -2
+
+cdef extern from *:
+    """
+    #include <atomic>
+    static inline int fp_step(std::atomic<Py_ssize_t> *a, Py_ssize_t from, Py_ssize_t to) {
+    #ifdef Py_GIL_DISABLED
+        return a->compare_exchange_strong(from, to);
+    #else
+        /* Every caller holds the GIL and runs no Python code in here: nobody moves
+           the state between this load and this store. */
+        if (a->load(std::memory_order_relaxed) != from) return 0;
+        a->store(to, std::memory_order_relaxed);
+        return 1;
+    #endif
+    }
+    """
+    bint fp_step(atomic[Py_ssize_t] *a, Py_ssize_t frm, Py_ssize_t to) noexcept nogil
+
+# How an item's failure ended (_MapState._item_failed).
+cdef int _OK = 0, _FAILED = 1, _AGAIN = 2, _LOST = 3, _LATE = 4
+
+
+cdef class _Chunk:
+    """Items a runner took (a chunk, or one retried item: single), shared with whoever
+    may split it off the runner (see above)."""
+    cdef Py_ssize_t start     # the index of items[0]
+    cdef list items
+    cdef list results         # the runner's slots (those of items done are filled)
+    cdef int attempt          # the items' attempt (1, or a retried item's)
+    cdef bint single
+    cdef bint live            # in the job's `active` (under its section)
+    cdef atomic[Py_ssize_t] state
+    cdef atomic[double] t_item  # when the running item started (deadline=)
+    # Set by a splitter while an item ran: the runner settles it through the hooks.
+    cdef Py_ssize_t lost      # its position (-1: none)
+    cdef object overdue       # its DeadlineExceeded, delivered (None: split by shutdown)
+    cdef object watch         # its record in the Ledger's running set (shutdown)
+    cdef public object timer  # the deadline's timer entry (hooks)
+
+
 cdef class _MapRunner:
     cdef _MapState job
 
@@ -68,12 +115,16 @@ cdef class _MapRunner:
 # outcome the Ledger does not count yet. A failure goes through Python
 # (hooks.failed, in fastpool/pool/_map.py), which counts it and decides: a final
 # failure (dead-lettered under a retry policy), or a retry: the slot then holds
-# _RETRY, the pool's timer calls requeue() after the backoff, and a runner runs the
-# item again by itself, publishing its outcome under its index (ordered) or as a
-# chunk of one (unordered).
+# _Failure(None), the pool's timer calls requeue() after the backoff, and a runner
+# runs the item again by itself, publishing its outcome under its index (ordered) or
+# as a chunk of one (unordered) -- except a retry without backoff on exception classes
+# (hooks.fast_retry), which the runner decides and runs at once by itself.
+# Shutdown and an item's deadline split a chunk off its runner (see _Chunk, split()):
+# the item running is reported running (shutdown) or fails with DeadlineExceeded at
+# once, and is counted when its call returns.
 # (The Ledger's counters, fastpool/_states.py, as C ints.)
 cdef int _QUE_ = N_QUEUED, _RUN_ = N_RUNNING, _RET_ = N_RETRYING, _SUC_ = N_SUCCEEDED
-cdef int _FAIL_ = N_FAILED, _CANC_ = N_CANCELLED, _NOTS_ = N_NOT_STARTED
+cdef int _FAIL_ = N_FAILED, _CANC_ = N_CANCELLED, _NOTS_ = N_NOT_STARTED, _RETD_ = N_RETRIED
 
 
 cdef class _MapState:
@@ -95,7 +146,8 @@ cdef class _MapState:
     (ordered=True) or as chunks complete. An item's exception is raised where its
     result would be (then the job is cancelled), or returned with return_exceptions.
     ledger, hooks: a Pool's map (see above); deadline: seconds an item may run, after
-    which its outcome is a failure (hooks.failed with error None).
+    which its outcome is DeadlineExceeded (the pool's timer splits it off: see split(),
+    or hooks.failed with error None if it came back late before the timer looked).
     """
 
     cdef object fn
@@ -127,6 +179,11 @@ cdef class _MapState:
     cdef double item_deadline  # seconds an item may run (< 0: no limit)
     cdef list retries         # (index, item, attempt): due to run again, counted queued
     cdef dict retried         # ordered: index -> slot of a retried item
+    cdef set active           # the _Chunks runners run now
+    # hooks.fast_retry: a retry policy the runner applies itself (see _item_failed).
+    cdef int fast_attempts    # 0: none
+    cdef object fast_classes
+    cdef object gov           # the items' token (hooks.gov)
 
     def __cinit__(self):
         self.signal = new Signal()
@@ -153,9 +210,14 @@ cdef class _MapState:
         self.done = []
         self.retries = []
         self.retried = {}
+        self.active = set()
         self.ledger = ledger
         self.hooks = hooks
         self.item_deadline = -1.0 if deadline is None else deadline
+        fast = None if hooks is None else hooks.fast_retry
+        if fast is not None:
+            self.fast_attempts, self.fast_classes = fast
+            self.gov = hooks.gov
         self.deadline = -1.0 if timeout is None else c_monotonic() + timeout
         if self.buffersize:
             self._feed(self.buffersize)
@@ -240,7 +302,7 @@ cdef class _MapState:
         in `runners`: the caller enqueues _MapRunner(self) or calls runner_lost)."""
         cdef bint start = False, dropped = False
         with cython.critical_section(self):
-            if self.cancelled.load():
+            if self.cancelled.load() or self.aborted:
                 dropped = True
             else:
                 self.retries.append((index, item, attempt))
@@ -271,40 +333,65 @@ cdef class _MapState:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef _Failure _item_failed(self, Py_ssize_t index, item, int attempt, bint overdue):
-        """An item raised (the exception is set), or ran past its deadline (overdue).
-        Without hooks the slot holds the error; a Pool's hooks count the failure (or
-        the retry) and return the error, None (retried later: _Failure(None)) or True
-        (run it again now: None here)."""
+    cdef object _item_failed(self, _Chunk c, Py_ssize_t i, int attempt, bint overdue,
+                             int *how):
+        """Item i of c raised (the exception is set), or ran past its deadline
+        (overdue). Return its slot and set *how: _FAILED (a _Failure; the item is
+        finished, counted by the Pool's hooks: a failure, or a retry after a backoff,
+        _Failure(None)), _AGAIN (run it again now: None), or _LOST (split off the runner
+        while it ran: the hooks settled it; None)."""
         cdef _Failure failure
+        cdef bint again = False
         if overdue:
             failure = _Failure(None)
         else:
             failure = <_Failure>_failure_from_error()
             if self.hooks is None:
+                fp_step(&c.state, 2 * i + 1, 2 * i + 2)  # (nobody splits without hooks)
+                how[0] = _FAILED
                 return failure
+            if (attempt < self.fast_attempts and isinstance(failure.error, self.fast_classes)
+                    and not self.gov.cancelled):
+                # The pool's policy, decided here (hooks.failed, without its Python
+                # call): no backoff, so the item runs again at once and stays running
+                # -- unless it was split off the runner meanwhile (then the hooks decide).
+                with cython.critical_section(self.ledger):
+                    if not self.ledger._collecting and c.state.load() == 2 * i + 1:
+                        self.ledger._shift(_RUN_, _RUN_, _RETD_, None)
+                        again = True
+                if again:
+                    how[0] = _AGAIN
+                    return None
         try:
-            out = self.hooks.failed(self, index, item, failure.error, attempt)
+            out = self.hooks.failed(self, c, c.start + i, c.items[i], failure.error, attempt)
         except BaseException as exc:
             # hooks.failed counts before it can fail; if it fails, the item is failed.
             self._count(_RUN_, _FAIL_, 1)
+            fp_step(&c.state, 2 * i + 1, 2 * i + 2)
+            how[0] = _FAILED
             return _Failure(exc)
         if out is True:
+            how[0] = _AGAIN
             return None
+        if out is False:
+            how[0] = _LOST
+            return None
+        how[0] = _FAILED
         return _Failure(out)
 
-    cdef object _failed_call(self, Py_ssize_t index, item, int attempt, bint overdue,
-                             bint *ok):
-        """The rare path, after an item's call failed (see _item_failed): its slot -- a
-        _Failure, or the value of a retry run at once (no backoff) that succeeded
-        (then *ok is set)."""
-        cdef _Failure failure
+    cdef object _call_item(self, _Chunk c, Py_ssize_t i, int *how):
+        """The rare path, after item i's call failed or came back late (c.state says
+        it runs; see _item_failed): its slot, and *how: _FAILED, _LOST, or _OK (a retry
+        run at once, without backoff, succeeded: its value; not finished yet)."""
         cdef PyObject *r
         cdef double t1
+        cdef int attempt = c.attempt
+        cdef bint overdue = how[0] == _LATE
+        item = c.items[i]
         while True:
-            failure = self._item_failed(index, item, attempt, overdue)
-            if failure is not None:
-                return failure
+            slot = self._item_failed(c, i, attempt, overdue, how)
+            if how[0] != _AGAIN:
+                return slot
             attempt += 1
             t1 = c_monotonic()
             if self.star:
@@ -317,7 +404,7 @@ cdef class _MapState:
                 Py_XDECREF(r)  # a late result is not delivered
                 overdue = True
             else:
-                ok[0] = True
+                how[0] = _OK
                 value = <object>r  # a new reference: the call's is dropped
                 Py_XDECREF(r)
                 return value
@@ -326,20 +413,16 @@ cdef class _MapState:
         """A runner's loop (hooks.run_governed calls it around the call's token)."""
         self._run()
 
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
     cdef void _run(self) except *:
-        """A runner's loop: take a chunk, compute it, publish it; until nothing is left."""
-        cdef Py_ssize_t size = self.min_chunk, take, start, i, n, nok, nskip
-        cdef list items, results
-        cdef double t0, t1 = 0.0, elapsed
-        cdef double limit = self.item_deadline
-        cdef bint timed = limit >= 0
-        cdef PyObject *r
-        cdef object fn, failure, retry
-        cdef bint ok, overdue
+        """A runner's loop: take a chunk (or a retried item), run it, publish it; until
+        nothing is left."""
+        cdef Py_ssize_t size = self.min_chunk, take, n
+        cdef double t0, elapsed
+        cdef bint watched = self.item_deadline >= 0 and self.hooks is not None
+        cdef _Chunk c
         while True:
-            retry = None
+            c = _Chunk.__new__(_Chunk)
+            c.state.store(0)
             with cython.critical_section(self):
                 n = len(self.pending) - self.head
                 if self.cancelled.load() or (n <= 0 and not self.retries):
@@ -347,7 +430,12 @@ cdef class _MapState:
                     return
                 if self.retries:
                     # A retried item goes first, by itself.
-                    retry = self.retries.pop(0)
+                    entry = self.retries.pop(0)
+                    c.start = entry[0]
+                    c.items = [entry[1]]
+                    c.attempt = entry[2]
+                    c.single = True
+                    take = 1
                 else:
                     # At most a fair share of what is left (guided self-scheduling): the
                     # last inputs spread over every runner instead of one runner taking a
@@ -355,124 +443,293 @@ cdef class _MapState:
                     # while other workers idle (the stdlib's test_map_timeout).
                     take = min(size, max(self.min_chunk,
                                          (n + self.max_runners - 1) // self.max_runners), n)
-                    start = self.taken
-                    items = self.pending[self.head:self.head + take]
+                    c.start = self.taken
+                    c.items = self.pending[self.head:self.head + take]
+                    c.attempt = 1
                     # Drop our references to the inputs; compact now and then.
                     self.head += take
                     self.taken += take
                     if self.head >= 4096 and self.head * 2 >= len(self.pending):
                         del self.pending[:self.head]
                         self.head = 0
-            if retry is not None:
-                self._run_retry(retry)
-                continue
+                c.lost = -1
+                c.live = True
+                self.active.add(c)
             self._count(_QUE_, _RUN_, take, False)
-            # Every slot of this fresh list is filled below before anyone sees it.
-            results = PyList_New(take)
+            if watched:
+                self.hooks.watch_deadline(self, c)  # the pool's timer watches its items
             t0 = c_monotonic()
-            fn = self.fn
-            nok = nskip = 0
-            for i in range(take):
-                if self.cancelled.load():
-                    # Never started: reported as cancelled if anyone still looks.
+            self._run_chunk(c, take)
+            elapsed = c_monotonic() - t0
+            if watched:
+                self.hooks.chunk_done(c)
+            if not c.single:
+                # Adapt: fast items -> bigger chunks (fewer hand-offs); slow -> one by one.
+                if elapsed < CHUNK_TARGET:
+                    size = min(size * 2, CHUNK_MAX)
+                elif elapsed > 4 * CHUNK_TARGET and size > self.min_chunk:
+                    size = max(size // 2, self.min_chunk)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int _run_chunk(self, _Chunk c, Py_ssize_t take) except -1:
+        """Run the items of c (counted running) and publish their outcomes -- unless c
+        is split off (see split): then the splitter publishes what is done, and the
+        item that was running is settled by itself (hooks.lost, hooks.failed)."""
+        cdef Py_ssize_t i, j, nok = 0, nskip = 0
+        cdef list items = c.items
+        cdef double t1 = 0.0, limit = self.item_deadline
+        cdef bint timed = limit >= 0, split = False, closed = False
+        cdef PyObject *r
+        cdef int how
+        cdef object fn = self.fn, failure
+        # Every slot of this fresh list is filled below before anyone sees it.
+        cdef list results = PyList_New(take)
+        c.results = results
+        for i in range(take):
+            if self.cancelled.load():
+                # The consumer is gone: the rest never starts (counted cancelled), unless
+                # shutdown split the chunk off first (then it handed them back).
+                if not fp_step(&c.state, 2 * i, _CLOSED):
+                    split = True
+                    break
+                for j in range(i, take):
                     failure = _Failure(CancelledError())
                     Py_INCREF(failure)
-                    PyList_SET_ITEM_STEAL(results, i, <PyObject *>failure)
-                    nskip += 1
-                    continue
-                if timed:
-                    t1 = c_monotonic()
-                # The hot loop: a raw C call (no Python-level try block to set up per
-                # item); NULL means it raised, and the exception becomes the slot's value.
-                if self.star:
-                    r = PyObject_Call(fn, items[i], NULL)
-                else:
-                    r = PyObject_CallOneArg(fn, items[i])
-                if r == NULL or (timed and c_monotonic() - t1 > limit):
-                    overdue = r != NULL
-                    Py_XDECREF(r)  # a late result is not delivered
-                    ok = False
-                    failure = self._failed_call(start + i, items[i], 1, overdue, &ok)
-                    nok += ok
-                    Py_INCREF(failure)
-                    r = <PyObject *>failure
-                else:
+                    PyList_SET_ITEM_STEAL(results, j, <PyObject *>failure)
+                nskip = take - i
+                closed = True
+                break
+            if timed:
+                t1 = c_monotonic()
+                c.t_item.store(t1)
+            # Claimed: item i runs (a splitter finds it running, or never started).
+            if not fp_step(&c.state, 2 * i, 2 * i + 1):
+                split = True
+                break
+            # The hot loop: a raw C call (no Python-level try block to set up per
+            # item); NULL means it raised, and the exception becomes the slot's value.
+            if self.star:
+                r = PyObject_Call(fn, items[i], NULL)
+            else:
+                r = PyObject_CallOneArg(fn, items[i])
+            if r != NULL and not (timed and c_monotonic() - t1 > limit):
+                if fp_step(&c.state, 2 * i + 1, 2 * i + 2):
                     nok += 1
-                PyList_SET_ITEM_STEAL(results, i, r)
-            failure = None
-            items = None
-            elapsed = c_monotonic() - t0
+                    PyList_SET_ITEM_STEAL(results, i, r)
+                    continue
+                value = <object>r
+                Py_XDECREF(r)
+                self.hooks.lost(self, c, c.start + i, value)  # split off while it ran
+                split = True
+                break
+            how = _LATE if r != NULL else _FAILED
+            Py_XDECREF(r)  # a late result is not delivered
+            slot = self._call_item(c, i, &how)
+            if how == _LOST:
+                split = True
+                break
+            if how == _OK:
+                if not fp_step(&c.state, 2 * i + 1, 2 * i + 2):
+                    self.hooks.lost(self, c, c.start + i, slot)
+                    split = True
+                    break
+                nok += 1
+            Py_INCREF(slot)
+            PyList_SET_ITEM_STEAL(results, i, <PyObject *>slot)
+            slot = None
+        else:
+            if not fp_step(&c.state, 2 * take, _CLOSED):
+                split = True
+        if not split:
             # Counted before published: whoever sees an outcome finds it in the stats.
+            # (Shutdown waits for a _CLOSED chunk to leave `active`: its report counts
+            # every item.)
             if self.ledger is not None:
                 self._count(_RUN_, _SUC_, nok)
                 self._count(_RUN_, _CANC_, nskip)
-            with cython.critical_section(self):
-                if self.ordered:
-                    self.chunks[start] = results
-                else:
-                    self.done.append(results)
-            self.signal.notify()
-            # Adapt: fast items -> bigger chunks (fewer hand-offs); slow -> one by one.
-            if elapsed < CHUNK_TARGET:
-                size = min(size * 2, CHUNK_MAX)
-            elif elapsed > 4 * CHUNK_TARGET and size > self.min_chunk:
-                size = max(size // 2, self.min_chunk)
-
-    cdef int _run_retry(self, tuple entry) except -1:
-        """Run a retried item again (counted queued) and publish its outcome."""
-        cdef Py_ssize_t index = entry[0]
-        cdef int attempt = entry[2]
-        cdef double t1
-        cdef PyObject *r
-        cdef object slot
-        cdef bint ok = False, overdue
-        item = entry[1]
-        self._count(_QUE_, _RUN_, 1, False)
-        t1 = c_monotonic()
-        if self.star:
-            r = PyObject_Call(self.fn, item, NULL)
-        else:
-            r = PyObject_CallOneArg(self.fn, item)
-        if r == NULL or (self.item_deadline >= 0 and c_monotonic() - t1 > self.item_deadline):
-            overdue = r != NULL
-            Py_XDECREF(r)  # a late result is not delivered
-            slot = self._failed_call(index, item, attempt, overdue, &ok)
-            if type(slot) is _Failure and (<_Failure>slot).error is None:
-                return 0  # retried later again
-        else:
-            slot = <object>r  # a new reference: the call's is dropped
-            Py_XDECREF(r)
-            ok = True
-        if ok:
-            self._count(_RUN_, _SUC_, 1)
-        with cython.critical_section(self):
-            if self.ordered:
-                self.retried[index] = slot
+            if c.single:
+                slot = results[0]
+                if type(slot) is not _Failure or (<_Failure>slot).error is not None:
+                    self.publish_one(c.start, slot, False)  # (else: retried later again)
             else:
-                self.done.append([slot])
-        self.signal.notify()
+                with cython.critical_section(self):
+                    if self.ordered:
+                        self.chunks[c.start] = results
+                    else:
+                        self.done.append(results)
+                self.signal.notify()
+        with cython.critical_section(self):
+            c.live = False
+            self.active.discard(c)
         return 0
 
-    cdef list _take_unstarted(self):
-        """Under self's section: stop, and take every item not started (queued)."""
+    def closing(self):
+        """How many chunks are being published by their runners (see hand_back)."""
+        with cython.critical_section(self):
+            return sum([(<_Chunk>c).state.load() == _CLOSED for c in self.active])
+
+    def publish_one(self, Py_ssize_t index, value, bint failed):
+        """The outcome of one item, published by itself (a retried item, or one split
+        off its chunk): the consumer finds a _Failure(None) at its index, and waits for
+        it (ordered) or skips it (unordered). `failed`: value is its exception."""
+        if failed:
+            value = _Failure(value)
+        with cython.critical_section(self):
+            if self.ordered:
+                self.retried[index] = value
+            else:
+                self.done.append([value])
+        self.signal.notify()
+
+    def finish(self, _Chunk c):
+        """hooks.failed, under the pool's lock: the item c's runner runs is finished
+        (its failure counted); False if it was split off the runner (see lost())."""
+        cdef Py_ssize_t s = c.state.load()
+        return s >= 0 and s % 2 == 1 and fp_step(&c.state, s, s + 1)
+
+    def owns(self, _Chunk c):
+        """Whether c's runner still owns its running item (not split off)."""
+        return c.state.load() >= 0
+
+    def take_lost(self, _Chunk c):
+        """The hooks, under the pool's lock, settle the item split off while it ran:
+        (its DeadlineExceeded if its deadline split it, else None; its record in the
+        Ledger's running set, or None)."""
+        with cython.critical_section(self):
+            c.lost = -1
+            watch, c.watch = c.watch, None
+            return c.overdue, watch
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def split(self, _Chunk c, overdue=None):
+        """Split c off its runner, under the pool's lock: the items done are published
+        now (their successes counted), the one running is settled when its call returns
+        (hooks.lost or hooks.failed), and the rest go elsewhere.
+
+        overdue None: shutdown. The rest is handed back (counted not_started); returns
+        (handed back [(item, attempt)], running (index, item, attempt) or None), or
+        None if c has no items left with its runner.
+        overdue a DeadlineExceeded: the pool's timer. If the running item ran past the
+        deadline, it fails with `overdue` now (it stays counted running until its call
+        returns) and the rest is queued again (as retried items, run by themselves);
+        returns whether a runner must be started for it (hooks.start_runner, once the
+        lock is released). Otherwise returns when to look again (-1.0: never)."""
+        cdef Py_ssize_t s, k, j, take, nok = 0
+        cdef bint running
+        cdef double now, t
+        cdef list results, copy, left = [], requeue = []
+        with cython.critical_section(self):
+            while True:
+                if not c.live:
+                    return None if overdue is None else -1.0
+                s = c.state.load()
+                if s < 0:
+                    if overdue is None and c.lost >= 0 and c.watch is None:
+                        # Split by its deadline earlier and still running: shutdown
+                        # reports it running.
+                        return [], (c.start + c.lost, c.items[c.lost], c.attempt)
+                    return None if overdue is None else -1.0
+                if overdue is not None:
+                    now = c_monotonic()
+                    if s % 2 == 0:
+                        return now + self.item_deadline  # no item runs: the next starts later
+                    t = c.t_item.load()
+                    if now - t < self.item_deadline:
+                        return t + self.item_deadline
+                if fp_step(&c.state, s, _SPLIT):
+                    break
+            take = len(c.items)
+            k = s // 2
+            running = s % 2 == 1
+            results = c.results
+            copy = PyList_New(take)
+            for j in range(take):
+                if j < k:
+                    slot = results[j]
+                    if type(slot) is not _Failure:
+                        nok += 1
+                elif j == k and running:
+                    c.lost = k
+                    c.overdue = overdue
+                    slot = _Failure(overdue)  # None: its outcome comes by itself
+                elif overdue is None:
+                    left.append((c.items[j], c.attempt))
+                    slot = _Failure(CancelledError())
+                else:
+                    requeue.append((c.start + j, c.items[j], c.attempt))
+                    slot = _Failure(None)
+                Py_INCREF(slot)
+                PyList_SET_ITEM_STEAL(copy, j, <PyObject *>slot)
+            slot = None
+        if overdue is not None and running:
+            # The dead letter goes in before the failure is delivered.
+            self.hooks.overdue(c.items[k], c.attempt, overdue)
+        # (No idle check: the caller holds the pool's lock, and checks.)
+        self._count(_RUN_, _SUC_, nok, False)
+        self._count(_RUN_, _NOTS_ if overdue is None else _QUE_, take - k - running, False)
+        start = False
+        with cython.critical_section(self):
+            if requeue:
+                self.retries[0:0] = requeue
+                self.runners += 1  # its runner is busy: another takes the rest
+                start = True
+            if c.single:
+                # A retried item: its outcome (done, or failed by its deadline) goes by
+                # itself; _Failure(None) means it comes later.
+                slot = copy[0]
+                if type(slot) is not _Failure or (<_Failure>slot).error is not None:
+                    if self.ordered:
+                        self.retried[c.start] = slot
+                    else:
+                        self.done.append(copy)
+                slot = None
+            elif self.ordered:
+                self.chunks[c.start] = copy
+            else:
+                self.done.append(copy)
+        self.signal.notify()
+        if overdue is not None:
+            return start
+        return left, (c.start + k, c.items[k], c.attempt) if running else None
+
+    cdef list _take_unstarted(self, bint stop=True):
+        """Under self's section: take every item not started (queued), and stop
+        (runners start no more items; hand_back stops them later)."""
         cdef list left = [(item, 1) for item in self.pending[self.head:]]
         left += [(e[1], e[2]) for e in self.retries]
         self.pending = []
         self.head = 0
         self.retries = []
-        self.cancelled.store(True)
+        if stop:
+            self.cancelled.store(True)
         return left
 
     def hand_back(self):
-        """Shutdown takes back the items not started: counted queued -> not_started,
-        returned as (item, attempt) pairs; the consumer gets CancelledError for them."""
-        cdef list left
+        """Shutdown (under the pool's lock) takes back the items not started: queued,
+        or taken by a runner that has not started them (its chunk is split off it);
+        counted not_started and returned as (item, attempt) pairs; the consumer gets
+        CancelledError for them. Also returns the items running, as (chunk, index,
+        item, attempt, DeadlineExceeded or None): see watch()."""
+        cdef list left, running = []
         with cython.critical_section(self):
-            left = self._take_unstarted()
+            # Not stopped yet: a runner that saw it would count the rest of its chunk
+            # cancelled; its chunk is split off it first. (Nothing is left for a runner
+            # to take meanwhile, and `aborted` keeps retries out: see requeue.)
+            left = self._take_unstarted(False)
             self.aborted = True
-        self._count(_QUE_, _NOTS_, len(left))
+            chunks = list(self.active)
+        self._count(_QUE_, _NOTS_, len(left), False)  # (the caller checks idleness)
+        for c in chunks:
+            out = self.split(c)
+            if out is not None:
+                left += out[0]
+                if out[1] is not None:
+                    running.append((c,) + out[1] + ((<_Chunk>c).overdue,))
+        self.cancelled.store(True)
         self.signal.notify()
-        return left
+        return left, running
 
     def abort(self, error=None):
         """The pool is cancelling its work: inputs not started yet never run, and the
@@ -485,6 +742,13 @@ cdef class _MapState:
             left = self._take_unstarted()
         self._count(_QUE_, _CANC_, len(left))
         self.signal.notify()
+
+    def watch(self, _Chunk c, record):
+        """Shutdown reports c's running item: `record` is in the Ledger's running set
+        until the item is counted (take_lost hands it to the hooks)."""
+        with cython.critical_section(self):
+            c.watch = record
+
 
     cdef int _drop(self, bint notify) except -1:
         cdef list left

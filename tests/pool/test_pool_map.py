@@ -108,17 +108,92 @@ def test_per_call_retry_and_dead_letters(make_pool):
     check_invariant(pool2.stats())
 
 
-def test_deadline(make_pool):
-    pool = make_pool(2)
+@pytest.mark.parametrize("ordered", [True, False])
+def test_simple_retry_is_decided_by_the_runner(make_pool, monkeypatch, ordered):
+    # A policy without backoff, on exception classes: the runner retries the item in
+    # place without the Python hook (the cost of "1% fail once" in
+    # benches/bench_pool_map.py). What the policy does not retry still goes through it.
+    from fastpool.pool import _map
+    calls: list[BaseException | None] = []
+    failed = _map._MapHooks.failed
+
+    def spy(self, *args):
+        calls.append(args[-2])  # (..., exc, attempt)
+        return failed(self, *args)
+
+    monkeypatch.setattr(_map._MapHooks, "failed", spy)
+    pool = make_pool(2, retry=Retry(attempts=3, backoff=0.0, retry_on=OSError))
+    seen: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def flaky(x):
+        with lock:
+            seen[x] = n = seen.get(x, 0) + 1
+        if x % 10 == 0 and n < 3:
+            raise OSError(x)  # retried twice, then succeeds
+        if x == 7:
+            raise KeyError(x)  # not retried: dead-lettered
+        if x == 9:
+            raise OSError(x)  # retried twice, then dead-lettered
+        return x
+
+    out = list(pool.map(flaky, range(100), ordered=ordered, return_exceptions=True))
+    assert len(out) == 100
+    assert pool.join(PROMPT)
+    s = pool.stats()
+    assert (s.succeeded, s.failed, s.retried, s.dead_lettered) == (98, 2, 22, 2), s
+    assert sorted(type(e).__name__ for e in calls) == ["KeyError", "OSError"], calls
+    assert {d.args for d in pool.dead_letters} == {(7,), (9,)}
+    check_invariant(s)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("chunksize", [1, 4])
+def test_deadline_fails_the_item_at_once(make_pool, ordered, chunksize):
+    # As submit(deadline=): at the deadline the consumer gets DeadlineExceeded (and the
+    # dead letter is written) while the call still runs; it counts as running until it
+    # returns, and the items after it in its chunk run elsewhere meanwhile.
+    pool = make_pool(2, retry=Retry(attempts=3, backoff=0.0))
+    release = threading.Event()
 
     def slow(x):
         if x == 1:
-            time.sleep(0.3)
+            assert release.wait(PROMPT)  # ignores its token
         return x
 
-    out = list(pool.map(slow, range(4), deadline=0.1, return_exceptions=True))
-    assert out[0] == 0 and out[2:] == [2, 3]
-    assert isinstance(out[1], DeadlineExceeded)
+    it = pool.map(slow, range(8), deadline=0.2, ordered=ordered, chunksize=chunksize,
+                  return_exceptions=True)
+    out = [next(it) for _ in range(8)]  # all of them while item 1 still runs
+    errors = [e for e in out if isinstance(e, DeadlineExceeded)]
+    assert len(errors) == 1 and sorted(x for x in out if x not in errors) == [0, 2, 3, 4, 5, 6, 7]
+    if ordered:
+        assert out[1] is errors[0]
+    assert [d.args for d in pool.dead_letters] == [(1,)]
+    s = pool.stats()
+    assert (s.succeeded, s.failed, s.running, s.dead_lettered, s.retried) == (7, 0, 1, 0, 0), s
+    check_invariant(s)
+    release.set()
+    assert pool.join(PROMPT)
+    s = pool.stats()
+    assert (s.succeeded, s.failed, s.running, s.dead_lettered) == (7, 1, 0, 1), s
+    assert len(pool.dead_letters) == 1
+    check_invariant(s)
+
+
+def test_deadline_of_an_item_that_returns_late(make_pool):
+    # No timer was quicker than the call: the runner sees it came back late.
+    pool = make_pool(1)
+
+    def slow(x):
+        if x == 1:
+            t = time.monotonic() + 0.2
+            while time.monotonic() < t:  # holds the GIL most of the time
+                pass
+        return x
+
+    out = list(pool.map(slow, range(4), deadline=0.05, return_exceptions=True))
+    assert out[0] == 0 and out[2:] == [2, 3] and isinstance(out[1], DeadlineExceeded)
+    assert pool.join(PROMPT)
     s = pool.stats()
     assert (s.succeeded, s.failed) == (3, 1)
     check_invariant(s)
@@ -191,6 +266,63 @@ def test_timed_shutdown_hands_back_items_not_started(make_pool, gate):
     check_invariant(pool.stats())
 
 
+@pytest.mark.parametrize("chunksize", [1, 4])
+def test_timed_shutdown_reports_running_items_and_hands_back_their_chunks(make_pool, gate,
+                                                                          chunksize):
+    # The items running when a timed shutdown returns are in still_running, as tasks
+    # are (their futures settle when they return); the items their runners had taken
+    # but not started are handed back with the rest (not cancelled). The report and
+    # the stats account for every item.
+    pool = make_pool(2)
+    it = pool.map(gate, range(10), buffersize=10, chunksize=chunksize)
+    gate.wait_started(2)
+    report = pool.shutdown(timeout=0.2)
+    assert report.timed_out
+    first = {(0,), (chunksize,)}  # each runner's first item (chunks of `chunksize`)
+    assert {t.args for t in report.still_running} == first
+    assert all(t.fn is gate and t.attempts == 1 and not t.future.done()
+               for t in report.still_running)
+    assert sorted(t.args for t in report.not_started) == sorted(
+        {(i,) for i in range(10)} - first)
+    assert all(t.future.cancelled() and t.attempts == 0 for t in report.not_started)
+    s = pool.stats()
+    assert (s.submitted, s.running, s.not_started, s.cancelled) == (10, 2, 8, 0), s
+    assert report.completed + len(report.not_started) + len(report.still_running) == 10
+    check_invariant(s)
+    gate.open()
+    assert next(it) == 0
+    if chunksize == 1:
+        assert next(it) == 1
+    with pytest.raises(CancelledError):
+        next(it)
+    for t in report.still_running:
+        assert t.future.result(PROMPT) == t.args[0]
+    wait_until(lambda: pool.stats().running == 0)
+    s = pool.stats()
+    assert (s.succeeded, s.not_started, s.cancelled) == (2, 8, 0), s
+    check_invariant(s)
+    assert pool.shutdown().completed == 2
+
+
+def test_overdue_item_still_running_at_shutdown_is_reported(make_pool):
+    pool = make_pool(1)
+    release = threading.Event()
+    it = pool.map(lambda x: release.wait(PROMPT) and x, range(3), deadline=0.1,
+                  return_exceptions=True)
+    assert isinstance(next(it), DeadlineExceeded)
+    report = pool.shutdown(timeout=0.2)
+    [t] = report.still_running
+    assert t.args == (0,)
+    with pytest.raises(DeadlineExceeded):
+        t.future.result(0)
+    assert sorted(t.args for t in report.not_started) == [(1,), (2,)]
+    release.set()
+    wait_until(lambda: pool.stats().running == 0)
+    s = pool.stats()
+    assert (s.failed, s.not_started, s.succeeded) == (1, 2, 0), s
+    check_invariant(s)
+
+
 def test_retry_waiting_at_shutdown_is_handed_back(make_pool):
     pool = make_pool(2, retry=Retry(attempts=2, backoff=60.0, jitter=0.0))
 
@@ -260,11 +392,12 @@ def test_mapjob_honours_chunksize(core_impl):
     assert list(job) == list(range(12))
 
 
+@pytest.mark.parametrize("deadline", [None, 0.004])
 @pytest.mark.parametrize("round_", range(3))
-def test_stress_maps_racing_a_timed_shutdown(make_pool, round_):
-    # Maps with failures and retries from several threads, the stats read all along,
-    # then a timed shutdown: every item ends in exactly one state, and the report
-    # hands back exactly the items counted not_started.
+def test_stress_maps_racing_a_timed_shutdown(make_pool, round_, deadline):
+    # Maps with failures, retries (and deadlines) from several threads, the stats read
+    # all along, then a timed shutdown: every item ends in exactly one state, and the
+    # report hands back exactly the items counted not_started.
     pool = make_pool(4, retry=Retry(attempts=2, backoff=0.0005, jitter=0.0))
     bad: list[Stats] = []
     stop = threading.Event()
@@ -274,12 +407,15 @@ def test_stress_maps_racing_a_timed_shutdown(make_pool, round_):
             raise OSError(x)
         if x % 5 == 0:
             time.sleep(0.001)  # busy enough that the shutdown times out
+        if deadline and x % 97 == 0:
+            time.sleep(0.006)  # overdue
         return x
 
     def consumer(k):
         try:
             for _ in pool.map(fn, range(3000), ordered=k % 2 == 0, chunksize=1 + k,
-                              return_exceptions=True, buffersize=64 if k == 0 else None):
+                              return_exceptions=True, buffersize=64 if k == 0 else None,
+                              deadline=deadline):
                 pass
         except (RuntimeError, CancelledError):
             pass  # shut down under it
@@ -310,4 +446,6 @@ def test_stress_maps_racing_a_timed_shutdown(make_pool, round_):
     assert s.queued == s.running == s.retrying == 0, s
     assert s.submitted == s.succeeded + s.failed + s.cancelled + s.not_started, s
     assert len(report.not_started) == s.not_started
+    # Every item is in the report once: done, handed back, or still running then.
+    assert report.completed + len(report.not_started) + len(report.still_running) == s.submitted
     assert s.dead_lettered == s.failed == len(pool.dead_letters)
