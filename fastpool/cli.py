@@ -147,7 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", default="-", metavar="OUT",
                      help="output file, or - for stdout (default)")
     run.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                     help="worker threads (default: as ThreadPoolExecutor, min(32, cpus + 4))")
+                     help="worker threads (default: as ThreadPoolExecutor, min(32, cpus + "
+                          "4)); with --processes, worker processes (default: one per CPU)")
+    run.add_argument("--processes", action="store_true",
+                     help="run FUNC in worker processes, for CPU-bound functions (see "
+                          "below)")
     run.add_argument("--retries", type=_non_negative_int, default=0, metavar="K",
                      help="retries after a failed first attempt (default 0)")
     run.add_argument("--retry-on", type=_retry_on, default=None, metavar="NAME[,NAME]",
