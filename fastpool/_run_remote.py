@@ -24,7 +24,7 @@ from ._run_input import Line
 from ._run_records import (Backoff, Failed, RemoteFailure, RetryLater, Unserializable,
                            encode_json, encode_line, error_text, run_lines)
 
-__all__ = ["FuncRef", "RemoteBatch", "RemoteRetry", "any_exception"]
+__all__ = ["FuncRef", "LoadFunc", "RemoteBatch", "RemoteRetry", "any_exception"]
 
 
 class FuncRef(NamedTuple):
@@ -67,6 +67,28 @@ def resolve(ref: FuncRef) -> Callable[[Any], Any]:
         raise RuntimeError(f"a worker process cannot load {ref.target}: {exc}") from None
     _loaded[ref] = func
     return func
+
+
+class LoadFunc:
+    """The run's first task: FUNC loads in a worker process, or the run stops before
+    any record (rather than fail or crash each one the same way)."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: FuncRef) -> None:
+        self.ref = ref
+
+    def __getstate__(self) -> FuncRef:
+        return self.ref
+
+    def __setstate__(self, ref: FuncRef) -> None:
+        self.ref = ref
+
+    def __repr__(self) -> str:
+        return f"the import of {self.ref.target}"
+
+    def __call__(self) -> None:
+        resolve(self.ref)
 
 
 def any_exception(exc: BaseException) -> bool:

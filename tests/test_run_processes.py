@@ -63,6 +63,9 @@ def pid(r):
     return os.getpid()
 
 def crash(r):
+    t = time.perf_counter()
+    while time.perf_counter() - t < 0.0001:
+        pass  # (batches of ~200 records: a crash is seen to cost its batch only)
     if r == int(os.environ["CRASH_AT"]):
         if os.environ.get("ONCE") and os.path.exists("crashed-once"):
             return r
@@ -264,3 +267,22 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(workdir: Path,
     resumed = _run(workdir, "--workers", "2", "--processes", "--resume")
     assert resumed.returncode == 1, resumed.stderr
     assert _files(workdir) == reference
+
+
+def test_func_that_a_worker_cannot_load_stops_the_run_before_any_record(
+        workdir: Path) -> None:
+    (workdir / "parent_only.py").write_text(
+        "import multiprocessing\n"
+        "if multiprocessing.parent_process() is not None:\n"
+        "    raise ImportError('not in a worker')\n"
+        "def f(r):\n"
+        "    return r\n")
+    proc = fastpool_cli("run", "parent_only:f", "in.jsonl", "-o", "out.jsonl", "--processes",
+                        "--workers", "2", cwd=workdir)
+    # Not a crash or a failure per record: one error, and the input left whole.
+    assert proc.returncode == 3, proc.stderr
+    assert ("cannot run parent_only:f in a worker process: RuntimeError: a worker process "
+            "cannot load parent_only:f: error importing 'parent_only': ImportError: not in "
+            "a worker") in proc.stderr
+    assert (workdir / "out.jsonl.unprocessed").read_bytes() == (workdir / "in.jsonl").read_bytes()
+    assert (workdir / "out.jsonl").read_bytes() == b""
