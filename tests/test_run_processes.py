@@ -286,3 +286,9 @@ def test_func_that_a_worker_cannot_load_stops_the_run_before_any_record(
             "a worker") in proc.stderr
     assert (workdir / "out.jsonl.unprocessed").read_bytes() == (workdir / "in.jsonl").read_bytes()
     assert (workdir / "out.jsonl").read_bytes() == b""
+
+
+def test_processes_are_documented_in_help(workdir: Path) -> None:
+    proc = fastpool_cli("run", "--help", cwd=workdir)
+    assert proc.returncode == 0
+    assert "--processes" in proc.stdout and "WorkerCrashed" in proc.stdout
