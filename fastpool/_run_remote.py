@@ -3,9 +3,8 @@
 What crosses to a worker process is small and picklable: a RemoteBatch (the batch's raw
 lines, pickled once per batch, and a FuncRef naming FUNC) or a RemoteRetry (one record's
 later attempts). FUNC itself never crosses: each worker imports it by its MODULE:FUNC,
-once, from the run's directory -- so a module in the current directory or given as a
-path/to/file.py loads under spawn and forkserver as it did in the parent, whatever the
-worker's start-up cwd and sys.path were (a forkserver started earlier keeps its own).
+once (a module-level callable object, a function of a path/to/file.py, ... all load as
+in the parent), under spawn and forkserver alike.
 
 FUNC's exceptions stay in the worker: they come back as text (as the thread run writes
 them) and, where a retry policy applies, with the policy's verdict, so exceptions that
@@ -17,7 +16,6 @@ CancelledError (it was stopped), which the runner handles in the parent.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Callable, NamedTuple
 
 from ._run_input import Line
@@ -28,21 +26,18 @@ __all__ = ["FuncRef", "LoadFunc", "RemoteBatch", "RemoteRetry", "any_exception"]
 
 
 class FuncRef(NamedTuple):
-    """FUNC as a worker process finds it: MODULE:FUNC (an absolute path for a file),
-    the run's directory and the sys.path entry the parent's import used."""
+    """FUNC as a worker process finds it: MODULE:FUNC, with an absolute path for a
+    path/to/file.py. (multiprocessing starts each worker in the parent's directory
+    with its sys.path, which holds the directory load_function put there.)"""
 
     target: str
-    cwd: str
-    path: str
 
     @classmethod
     def of(cls, target: str) -> FuncRef:
         module, _, func = target.rpartition(":")
-        cwd = os.getcwd()
         if module.endswith(".py") or os.sep in module:  # as load_function tells them
-            module = os.path.abspath(module)
-            return cls(f"{module}:{func}", cwd, os.path.dirname(module))
-        return cls(target, cwd, cwd)
+            return cls(f"{os.path.abspath(module)}:{func}")
+        return cls(target)
 
 
 _loaded: dict[FuncRef, Callable[[Any], Any]] = {}
@@ -55,12 +50,6 @@ def resolve(ref: FuncRef) -> Callable[[Any], Any]:
         return func
     from .run import UsageError, load_function  # once per process: off the fast path
 
-    # The worker acts as if started where the run was: FUNC may open relative paths
-    # (spawn's children start there; forkserver's, where the forkserver started).
-    if os.getcwd() != ref.cwd:
-        os.chdir(ref.cwd)
-    if ref.path not in sys.path:
-        sys.path.insert(0, ref.path)
     try:
         func = load_function(ref.target)
     except UsageError as exc:

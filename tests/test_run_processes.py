@@ -292,3 +292,30 @@ def test_processes_are_documented_in_help(workdir: Path) -> None:
     proc = fastpool_cli("run", "--help", cwd=workdir)
     assert proc.returncode == 0
     assert "--processes" in proc.stdout and "WorkerCrashed" in proc.stdout
+
+
+def test_workers_import_func_from_the_directory_of_each_run(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    # In one process, runs from two directories: the forkserver (started by the first,
+    # or earlier) has neither's directory nor sys.path, yet each run's workers import
+    # their FUNC and open relative paths as the run would.
+    from fastpool import cli
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_function adds the cwd
+    for name in ("one", "two"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / f"mod_{name}.py").write_text(
+            "import os\n"
+            "def f(r):\n"
+            "    with open('data.txt') as f:\n"
+            "        return [os.getcwd(), f.read(), os.getpid()]\n")
+        (d / "data.txt").write_text(name)
+        (d / "in.jsonl").write_text("1\n2\n")
+        monkeypatch.chdir(d)
+        assert cli.main(["run", f"mod_{name}:f", "in.jsonl", "-o", "out.jsonl", "--processes",
+                         "--workers", "1", "--no-progress"]) == 0
+        out = _read_jsonl(d / "out.jsonl")
+        assert [r[:2] for r in out] == [[str(d), name]] * 2  # type: ignore
+        assert out[0][2] != os.getpid()  # type: ignore
