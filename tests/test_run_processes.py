@@ -62,6 +62,13 @@ def work(r):
 def pid(r):
     return os.getpid()
 
+def stuck(r):
+    if r == 2:
+        with open("stuck-started", "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(60)  # ignores the interruption
+    return r
+
 def crash(r):
     t = time.perf_counter()
     while time.perf_counter() - t < 0.0001:
@@ -319,3 +326,36 @@ def test_workers_import_func_from_the_directory_of_each_run(tmp_path: Path,
         out = _read_jsonl(d / "out.jsonl")
         assert [r[:2] for r in out] == [[str(d), name]] * 2  # type: ignore
         assert out[0][2] != os.getpid()  # type: ignore
+
+
+def test_a_record_stuck_past_the_grace_period_is_saved_and_its_worker_killed(
+        workdir: Path) -> None:
+    (workdir / "n.jsonl").write_text("".join(f"{i}\n" for i in range(5)))
+    proc = subprocess.Popen([sys.executable, "-I", "-m", "fastpool", "run", "m:stuck",
+                             "n.jsonl", "-o", "out.jsonl", "--processes", "--workers", "2",
+                             "--grace", "0.5"], cwd=workdir, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (workdir / "stuck-started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.3)
+        worker = int((workdir / "stuck-started").read_text())
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, stderr
+    assert took < 20, took  # the stuck worker (60 s) did not hold the exit
+    out = (workdir / "out.jsonl").read_text().split()
+    un = (workdir / "out.jsonl.unprocessed").read_text().split()
+    assert "2" in un and sorted(out + un, key=int) == [str(i) for i in range(5)]
+    deadline = time.monotonic() + 10
+    while _pids_alive({worker}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _pids_alive({worker})
