@@ -25,6 +25,11 @@ How the work flows:
 - The writer (the main thread) writes batches in input order, one write() per file and
   batch, so a failed write knows exactly which records did not land. Every second it
   checkpoints to the journal (see `Journal`), which `--resume` reads.
+- With --processes (`_run_remote`) a batch runs in a worker process (~20 ms there, as
+  its round trip costs more): its raw lines go out, its encoded results come back, and
+  the parent settles them (schedules retries) in the dispatcher thread before the
+  batch's future is done. A worker that dies costs its batch: each of its records is
+  retried as a task of its own, or dead-lettered (`_crashed`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ import argparse
 import importlib
 import importlib.util
 import inspect
-import json
 import os
 import signal
 import stat
