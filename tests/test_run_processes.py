@@ -224,9 +224,11 @@ def _worker_pids(parent: int) -> set[int]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_interrupted_then_resumed_equals_an_uninterrupted_run(workdir: Path,
                                                               signum: int) -> None:
+    # SIGINT goes to the whole process group, as Ctrl-C in a terminal sends it: the
+    # workers ignore it, the run stops as it would with threads.
     reference_run = _run(workdir, "--workers", "2", "--processes")
     assert reference_run.returncode == 1, reference_run.stderr
     reference = _files(workdir)
@@ -235,7 +237,7 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(workdir: Path,
     proc = subprocess.Popen(_cmd("--workers", "2", "--processes", "--grace", "2"),
                             cwd=workdir, env=_env_flaky(workdir, SLOW="0.002"),
                             stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while not (workdir / "out.jsonl").exists() or not (workdir / "out.jsonl").stat().st_size:
@@ -244,14 +246,18 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(workdir: Path,
         time.sleep(0.3)
         workers = _worker_pids(proc.pid)
         assert workers
-        proc.send_signal(signum)
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    if signum == signal.SIGTERM:
-        assert proc.returncode == 143, stderr
+    if signum != signal.SIGKILL:
+        assert proc.returncode == 128 + signum, stderr
+        assert "WorkerCrashed" not in (workdir / "dead.jsonl").read_text()
         # Whole input lines, each one not in OUT nor in the dead letters.
         un = (workdir / "out.jsonl.unprocessed").read_bytes()
         assert un.endswith(b"\n") and un.count(b"\n") > 10
