@@ -14,7 +14,9 @@ Quick look without pytest: `python benches/bench_run.py [LINES] [ROUNDS]`.
 serial loop, interleaved round by round, worker start-up included (every run pays it).
 The speed-ups over the serial loop are printed and kept in extra_info, with the load
 average (on a shared machine the ratios mean little without it). Without pytest:
-`python benches/bench_run.py cpu [LINES] [ROUNDS]`.
+`python benches/bench_run.py cpu [LINES] [ROUNDS]`; in CPU time (the serial loop's, the
+parent's and the workers'), which a loaded machine does not distort:
+`python benches/bench_run.py cpu-accounting [LINES] [ROUNDS]`.
 """
 
 from __future__ import annotations
@@ -219,8 +221,44 @@ def _main_cpu(argv: list[str]) -> None:
           + ", ".join(f"{k} {v:.3g}" for k, v in report.items()))
 
 
+def _main_cpu_accounting(argv: list[str]) -> None:
+    """CPU time rather than wall time (a loaded shared machine starves every wall-clock
+    run): the serial loop's, the parent's and the workers' of `--processes`. The workers
+    are spawned (the program's start method, which the backend follows), so they are
+    this process's children and their CPU is counted when the pool reaps them."""
+    import multiprocessing
+    import resource
+
+    def children() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    multiprocessing.set_start_method("spawn")
+    lines = int(argv[0]) if argv else CPU_LINES
+    rounds = int(argv[1]) if len(argv) > 1 else 3
+    rows: dict[str, list[float]] = {"serial": [], "parent": [], "workers": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        src, target = make_cpu_input(Path(tmp), lines)
+        for _ in range(rounds):
+            cpu = time.process_time()
+            cpu_serial(target, src, Path(tmp) / "serial.jsonl")
+            rows["serial"].append(time.process_time() - cpu)
+            cpu, kids = time.process_time(), children()
+            cpu_run(target, src, Path(tmp) / "processes.jsonl", "--processes")
+            rows["parent"].append(time.process_time() - cpu)
+            rows["workers"].append(children() - kids)
+    med = {name: statistics.median(t) for name, t in rows.items()}
+    bound = med["serial"] / max(med["parent"], med["workers"] / 2)
+    print(f"{lines} lines, medians of {rounds}, CPU per record: serial loop "
+          f"{med['serial'] / lines * 1e6:.1f} us; --processes: parent "
+          f"{med['parent'] / lines * 1e6:.1f} us, 2 workers {med['workers'] / lines * 1e6:.1f} us "
+          f"(their start-up included); bound on 2 idle cores {bound:.2f}x the serial loop")
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["cpu"]:
     _main_cpu(sys.argv[2:])
+elif __name__ == "__main__" and sys.argv[1:2] == ["cpu-accounting"]:
+    _main_cpu_accounting(sys.argv[2:])
 elif __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else LINES
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
