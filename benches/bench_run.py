@@ -8,11 +8,21 @@ kept in extra_info ("ratio"). `fastpool run` runs as `fastpool.cli.main(...)` do
 the command line, its journal included, without the interpreter's start-up.
 
 Quick look without pytest: `python benches/bench_run.py [LINES] [ROUNDS]`.
+
+`run-cpu` (issue 12): a CPU-bound FUNC (a pure-Python loop of ~50 us per record) over
+20k JSON lines on 2 workers: `fastpool run --processes` against the thread run and a
+serial loop, interleaved round by round, worker start-up included (every run pays it).
+The speed-ups over the serial loop are printed and kept in extra_info, with the load
+average (on a shared machine the ratios mean little without it). Without pytest:
+`python benches/bench_run.py cpu [LINES] [ROUNDS]`; in CPU time (the serial loop's, the
+parent's and the workers'), which a loaded machine does not distort:
+`python benches/bench_run.py cpu-accounting [LINES] [ROUNDS]`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -101,7 +111,155 @@ def test_run_identity_jsonl(benchmark: Any, input_file: Path, tmp_path: Path,
           f"ratio {run / loop:.2f} (target <= 1.5)")
 
 
-if __name__ == "__main__":
+# -- run-cpu: --processes for a CPU-bound function -------------------------------------
+
+CPU_LINES = 20_000
+CPU_MODULE = """
+def cpu(record):
+    x = 0
+    for i in range(record["n"]):  # ~50 us of pure Python
+        x += i * i
+    return {"id": record["id"], "x": x}
+"""
+
+
+def make_cpu_input(directory: Path, lines: int, n: int = 1000) -> tuple[Path, str]:
+    """The input file and the target (a module file, importable in worker processes)."""
+    module = directory / "cpu_mod.py"
+    module.write_text(CPU_MODULE)
+    src = directory / "cpu.jsonl"
+    with open(src, "w") as f:
+        for i in range(lines):
+            f.write(json.dumps({"id": i, "n": n, "user": f"user-{i % 977}"}) + "\n")
+    return src, f"{module}:cpu"
+
+
+def _load(target: str) -> Callable[[Any], Any]:
+    from fastpool.run import load_function
+    return load_function(target)
+
+
+def cpu_serial(target: str, src: Path, dst: Path) -> None:
+    func = _load(target)
+    with open(src, encoding="utf-8") as fin, open(dst, "w", encoding="utf-8") as fout:
+        for line in fin:
+            fout.write(json.dumps(func(json.loads(line)), ensure_ascii=False) + "\n")
+
+
+def cpu_run(target: str, src: Path, dst: Path, *extra: str) -> None:
+    code = cli.main(["run", target, str(src), "-o", str(dst), "--no-progress",
+                     "--workers", "2", *extra])
+    assert code == 0, code
+
+
+CPU_IMPLS: dict[str, Callable[[str, Path, Path], None]] = {
+    "serial": cpu_serial,
+    "threads": cpu_run,
+    "processes": lambda target, src, dst: cpu_run(target, src, dst, "--processes"),
+}
+
+
+def cpu_interleaved(directory: Path, lines: int, rounds: int,
+                    on_round: Callable[[dict[str, float]], None] | None = None
+                    ) -> dict[str, list[float]]:
+    """Seconds of each implementation per round, rounds interleaved; the outputs equal."""
+    src, target = make_cpu_input(directory, lines)
+    times: dict[str, list[float]] = {name: [] for name in CPU_IMPLS}
+    for name in CPU_IMPLS:
+        times[name + " cpu"] = []
+    for _ in range(rounds):
+        for name, impl in CPU_IMPLS.items():
+            started, cpu = time.perf_counter(), time.process_time()
+            impl(target, src, directory / f"{name}.jsonl")
+            times[name].append(time.perf_counter() - started)
+            # This process's CPU (threads included, worker processes not): what the
+            # parent spends per record bounds the speed-up of --processes.
+            times[name + " cpu"].append(time.process_time() - cpu)
+        if on_round is not None:
+            on_round({name: t[-1] for name, t in times.items()})
+    out = {(directory / f"{name}.jsonl").read_bytes() for name in CPU_IMPLS}
+    assert len(out) == 1, "the outputs differ"
+    return times
+
+
+def cpu_report(times: dict[str, list[float]], lines: int) -> dict[str, float]:
+    med = {name: statistics.median(t) for name, t in times.items()}
+    return {**{f"{name} (s)": m for name, m in med.items()},
+            "serial (us/record)": med["serial"] / lines * 1e6,
+            "parent cpu of processes (us/record)": med["processes cpu"] / lines * 1e6,
+            "processes vs serial": med["serial"] / med["processes"],
+            "threads vs serial": med["serial"] / med["threads"],
+            "processes vs threads": med["threads"] / med["processes"],
+            "load average (1 min)": os.getloadavg()[0]}
+
+
+@pytest.mark.benchmark(group="run-cpu")
+def test_run_cpu_processes(benchmark: Any, tmp_path: Path,
+                           request: pytest.FixtureRequest) -> None:
+    lines = max(1000, int(CPU_LINES * request.config.getoption("bench_scale")))
+    rounds = request.config.getoption("bench_rounds")
+    times = cpu_interleaved(tmp_path, lines, rounds)
+    # pytest-benchmark records the --processes rounds (timed above, interleaved).
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    benchmark.stats.stats.data[:] = times["processes"]
+    report = cpu_report(times, lines)
+    benchmark.extra_info.update(report)
+    benchmark.extra_info.update({f"{name} runs": t for name, t in times.items()})
+    print("\n" + ", ".join(f"{k} {v:.3g}" for k, v in report.items()))
+
+
+def _main_cpu(argv: list[str]) -> None:
+    lines = int(argv[0]) if argv else CPU_LINES
+    rounds = int(argv[1]) if len(argv) > 1 else 5
+    with tempfile.TemporaryDirectory() as tmp:
+        times = cpu_interleaved(
+            Path(tmp), lines, rounds,
+            lambda r: print("  " + ", ".join(f"{k} {v:.3f} s" for k, v in r.items())
+                            + f" (load {os.getloadavg()[0]:.1f})", file=sys.stderr))
+    report = cpu_report(times, lines)
+    print(f"{lines} lines, medians of {rounds}: "
+          + ", ".join(f"{k} {v:.3g}" for k, v in report.items()))
+
+
+def _main_cpu_accounting(argv: list[str]) -> None:
+    """CPU time rather than wall time (a loaded shared machine starves every wall-clock
+    run): the serial loop's, the parent's and the workers' of `--processes`. The workers
+    are spawned (the program's start method, which the backend follows), so they are
+    this process's children and their CPU is counted when the pool reaps them."""
+    import multiprocessing
+    import resource
+
+    def children() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    multiprocessing.set_start_method("spawn")
+    lines = int(argv[0]) if argv else CPU_LINES
+    rounds = int(argv[1]) if len(argv) > 1 else 3
+    rows: dict[str, list[float]] = {"serial": [], "parent": [], "workers": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        src, target = make_cpu_input(Path(tmp), lines)
+        for _ in range(rounds):
+            cpu = time.process_time()
+            cpu_serial(target, src, Path(tmp) / "serial.jsonl")
+            rows["serial"].append(time.process_time() - cpu)
+            cpu, kids = time.process_time(), children()
+            cpu_run(target, src, Path(tmp) / "processes.jsonl", "--processes")
+            rows["parent"].append(time.process_time() - cpu)
+            rows["workers"].append(children() - kids)
+    med = {name: statistics.median(t) for name, t in rows.items()}
+    bound = med["serial"] / max(med["parent"], med["workers"] / 2)
+    print(f"{lines} lines, medians of {rounds}, CPU per record: serial loop "
+          f"{med['serial'] / lines * 1e6:.1f} us; --processes: parent "
+          f"{med['parent'] / lines * 1e6:.1f} us, 2 workers {med['workers'] / lines * 1e6:.1f} us "
+          f"(their start-up included); bound on 2 idle cores {bound:.2f}x the serial loop")
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["cpu"]:
+    _main_cpu(sys.argv[2:])
+elif __name__ == "__main__" and sys.argv[1:2] == ["cpu-accounting"]:
+    _main_cpu_accounting(sys.argv[2:])
+elif __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else LINES
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     with tempfile.TemporaryDirectory() as tmp:

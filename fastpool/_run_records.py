@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from concurrent.futures import Future
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from ._run_input import Line, line_size
 
-__all__ = ["SKIP", "Backoff", "Batch", "Failed", "RetryCall", "Retrying", "Unserializable",
-           "encode_dead", "encode_json", "encode_line", "error_text", "pending", "safe_str"]
+if TYPE_CHECKING:
+    from ._run_remote import RemoteRetry
+
+__all__ = ["SKIP", "Backoff", "Batch", "Failed", "RemoteFailure", "RetryCall", "RetryLater",
+           "Retrying", "Unserializable", "encode_dead", "encode_json", "encode_line",
+           "error_text", "pending", "run_lines", "safe_str"]
 
 
 # -- error texts: user code (an exception's __str__, a record's __repr__) may raise ----
@@ -56,9 +61,22 @@ class Failed(NamedTuple):
     attempts: int
 
 
-SKIP = object()  # a blank line in jsonl: no record
+class _Skip:
+    """SKIP's type: it stays the one SKIP when pickled (results of a worker process)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> str:
+        return "SKIP"
+
+    def __repr__(self) -> str:
+        return "SKIP"
+
+
+SKIP = _Skip()  # a blank line in jsonl: no record
 # The outcome of each line of a batch, in `Batch.results`: bytes (the encoded result
-# line), SKIP, a Failed, a Retrying, or None (not run: the run stopped first).
+# line), SKIP, a Failed, a Retrying, or None (not run: the run stopped first). (From a
+# worker process, RetryLater until the parent schedules the retries.)
 
 _json_encode = json.JSONEncoder(ensure_ascii=False).encode
 _json_encode_ascii = json.JSONEncoder().encode
@@ -110,11 +128,72 @@ def encode_dead(line_no: int, failed: Failed) -> bytes:
         return (json.dumps(letter, default=safe_repr) + "\n").encode()
 
 
+_json_decode = json.JSONDecoder().decode  # json.loads(str) but its BOM check (_json_error)
+
+
+def json_error(text: str) -> str:
+    """json.loads's message for a line it cannot parse (a leading BOM included)."""
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        return str(exc)
+    return "not JSON"  # cannot happen: the decoder refused it
+
+
+def run_lines(lines: Sequence[Line | None], results: list[Any], func: Callable[[Any], Any],
+              encode: Callable[[Any], bytes], jsonl: bool, settled: bool,
+              failed: Callable[[Any, BaseException, int], Any], first_line: int,
+              flags: Any) -> tuple[int, float]:
+    """A batch's work, in a worker thread or process: parse, call and encode each line
+    into `results`. `settled`: skip the lines whose result is set already (over
+    --max-line-bytes). `failed(record, exc, line_no)`: the outcome of a call that
+    raised. Once `flags._stopping` is true no record starts (the rest stays None).
+    Returns (records that succeeded, seconds taken)."""
+    decode = _json_decode
+    ok = 0
+    started = time.perf_counter()
+    for i, raw in enumerate(lines):
+        if flags._stopping:
+            break  # interrupted: start no new record; the rest stays None
+        if settled and results[i] is not None:
+            continue
+        assert raw is not None
+        if jsonl:
+            try:
+                # json.loads(text) without its wrapper, and decoded here rather than
+                # by json.loads(bytes), whose guess of the encoding costs as much as
+                # parsing a small record.
+                text = raw.decode("utf-8")
+                record = decode(text)
+            except UnicodeDecodeError as exc:
+                results[i] = Failed(f"invalid UTF-8: {exc}",
+                                    raw.decode("utf-8", "replace").rstrip("\r\n"), 0)
+                continue
+            except ValueError:
+                # Blank lines are no record; looked for only here, as they do not parse.
+                results[i] = SKIP if not raw or raw.isspace() else Failed(
+                    "invalid JSON: " + json_error(text), text.strip(), 0)
+                continue
+        else:
+            record = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+        try:
+            value = func(record)
+        except BaseException as exc:  # SystemExit too: the record's failure
+            results[i] = failed(record, exc, first_line + i)
+            continue
+        try:
+            results[i] = encode(value)
+            ok += 1
+        except BaseException as exc:
+            results[i] = Failed("cannot serialize the result: " + error_text(exc), record, 1)
+    return ok, time.perf_counter() - started
+
+
 class Retrying(NamedTuple):
     """A record whose retries are under way, as a task of its own."""
 
     future: Future[Any]
-    call: RetryCall
+    call: RetryCall | RemoteRetry
 
 
 class Unserializable(Exception):
@@ -124,6 +203,26 @@ class Unserializable(Exception):
 class Backoff(Exception):
     """The first 'attempt' of a retry task: it fails at once so that the Pool's Retry
     waits the backoff before the real second attempt, holding no worker meanwhile."""
+
+
+class RemoteFailure(Exception):
+    """A later attempt of a record failed in a worker process (--processes): FUNC's
+    exception as text (it may not pickle) and whether the run retries it."""
+
+    def __init__(self, text: str, retry: bool) -> None:
+        super().__init__(text, retry)
+        self.text = text
+        self.retry = retry
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class RetryLater(NamedTuple):
+    """A record that failed in a worker process and is to be retried: the parent
+    schedules its retries (a batch's outcome, before the parent settles it)."""
+
+    record: Any
 
 
 class RetryCall:
@@ -138,6 +237,10 @@ class RetryCall:
         self.encode = encode
         self.attempts = 1  # the first ran in the batch
         self.waited = False
+
+    def final_attempts(self, exc: BaseException) -> int:
+        """Attempts made when the task failed with `exc` for good."""
+        return self.attempts
 
     def __call__(self) -> bytes:
         if not self.waited:

@@ -57,6 +57,15 @@ retries: --retries K runs a failed record up to K more times, after --backoff S,
   records after it. --retry-on NAME[,NAME] retries only exceptions one of whose classes
   (along the MRO) is called NAME, or has the dotted path NAME (module.QualName).
 
+processes: --processes runs FUNC in worker processes (for CPU-bound functions; one per
+  CPU unless --workers), by the platform's safe start method (forkserver on Linux, spawn
+  on macOS and Windows). Each worker imports MODULE:FUNC itself, before the first record
+  (if it cannot: exit 3, INPUT whole in UNPROCESSED); module-level state is per process. A
+  batch of records crosses as one task. Every guarantee above holds. A worker that
+  crashes (segfault, os._exit, killed) costs only its batch: each of its records is
+  retried per --retries (WorkerCrashed is an Exception), or dead-lettered with the
+  reason; a fresh worker takes its place.
+
 exit status: 0 all records succeeded; 1 some failed (all in DEAD_LETTER); 2 bad
   arguments; 3 internal error (every unfinished record in UNPROCESSED); 128+N
   interrupted by signal N (130 SIGINT, 143 SIGTERM).
@@ -138,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="stream records through a function on a worker pool",
         description="Stream records (JSON lines or text lines) through MODULE:FUNC on a "
-                    "pool of worker\nthreads and write the results in input order.",
+                    "pool of worker\nthreads (or processes) and write the results in input "
+                    "order.",
         epilog=_RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("target", metavar="MODULE:FUNC",
                      help="the function to call per record: an importable module (the "
@@ -147,7 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", default="-", metavar="OUT",
                      help="output file, or - for stdout (default)")
     run.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                     help="worker threads (default: as ThreadPoolExecutor, min(32, cpus + 4))")
+                     help="worker threads (default: as ThreadPoolExecutor, min(32, cpus + "
+                          "4)); with --processes, worker processes (default: one per CPU)")
+    run.add_argument("--processes", action="store_true",
+                     help="run FUNC in worker processes, for CPU-bound functions (see "
+                          "below)")
     run.add_argument("--retries", type=_non_negative_int, default=0, metavar="K",
                      help="retries after a failed first attempt (default 0)")
     run.add_argument("--retry-on", type=_retry_on, default=None, metavar="NAME[,NAME]",

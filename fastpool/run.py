@@ -25,6 +25,11 @@ How the work flows:
 - The writer (the main thread) writes batches in input order, one write() per file and
   batch, so a failed write knows exactly which records did not land. Every second it
   checkpoints to the journal (see `Journal`), which `--resume` reads.
+- With --processes (`_run_remote`) a batch runs in a worker process (~20 ms there, as
+  its round trip costs more): its raw lines go out, its encoded results come back, and
+  the parent settles them (schedules retries) in the dispatcher thread before the
+  batch's future is done. A worker that dies costs its batch: each of its records is
+  retried as a task of its own, or dead-lettered (`_crashed`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ import argparse
 import importlib
 import importlib.util
 import inspect
-import json
 import os
 import signal
 import stat
@@ -41,7 +45,8 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any, Callable
 
 import fastpool
@@ -50,9 +55,9 @@ from ._run_input import Line, LineReader, LongLine, Stop
 from ._run_journal import Journal, input_identity
 from ._run_output import Sink
 from ._run_progress import Progress
-from ._run_records import (SKIP, Backoff, Batch, Failed, RetryCall, Retrying, Unserializable,
-                           encode_dead, encode_json, encode_line, error_text, pending,
-                           safe_str)
+from ._run_records import (SKIP, Backoff, Batch, Failed, RemoteFailure, RetryCall, RetryLater,
+                           Retrying, Unserializable, encode_dead, encode_json, encode_line,
+                           error_text, pending, run_lines, safe_str)
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "UsageError",
            "Runner", "RecordCollector", "load_function", "check_signature", "retry_on_names"]
@@ -65,6 +70,11 @@ EXIT_INTERNAL = 3    # the runner itself failed; every unfinished record is in U
 
 _BATCH_SECONDS = 0.002         # target run time of one batch (adaptive batch size)
 _MAX_BATCH = 512               # records per batch at most
+# --processes: a batch crosses to a worker process and back (two pickles, two pipe
+# writes, thread hand-offs: ~0.1-0.2 ms of the parent's CPU here), so batches are made
+# longer there, for the parent's share to stay small.
+_PROCESS_BATCH_SECONDS = 0.02
+_PROCESS_MAX_BATCH = 4096
 _WINDOW_RECORDS = 1 << 16      # records read but not yet written, at most ...
 _WINDOW_BYTES = 128 << 20      # ... and their input bytes (past one in-flight window)
 _CHECKPOINT_SECONDS = 1.0      # journal cadence
@@ -138,23 +148,20 @@ def retry_on_names(text: str) -> Callable[[BaseException], bool]:
     names = frozenset(n.strip() for n in text.split(","))
     if not names or "" in names:
         raise ValueError(f"expected NAME[,NAME...], got {text!r}")
+    return _RetryOnNames(names)
 
-    def matches(exc: BaseException) -> bool:
+
+class _RetryOnNames:
+    """retry_on_names's test: a class, so that it pickles (--processes: the worker
+    processes test FUNC's exceptions)."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def __call__(self, exc: BaseException) -> bool:
+        names = self.names
         return any(cls.__name__ in names or f"{cls.__module__}.{cls.__qualname__}" in names
                    for cls in type(exc).__mro__)
-    return matches
-
-
-_json_decode = json.JSONDecoder().decode  # json.loads(str) but its BOM check (_json_error)
-
-
-def _json_error(text: str) -> str:
-    """json.loads's message for a line it cannot parse (a leading BOM included)."""
-    try:
-        json.loads(text)
-    except ValueError as exc:
-        return str(exc)
-    return "not JSON"  # cannot happen: the decoder refused it
 
 
 # -- the output paths --------------------------------------------------------------------
@@ -207,6 +214,8 @@ class Runner:
         self.abandoned = False           # records still running when run() returned
         self._stopping = False           # read by the batches: start no new record
         self.pool: fastpool.Pool | None = None
+        # --processes: FUNC runs in worker processes (fastpool._run_remote).
+        self.processes = bool(getattr(args, "processes", False))
         self._files: list[Any] = []
         self.started = time.monotonic()
 
@@ -378,7 +387,15 @@ class Runner:
         # No default retry: a batch never fails (it catches per record); only a failed
         # record's own task carries the policy.
         self.pool = pool = fastpool.Pool(args.workers, rate_limit=args.rate,
-                                         name="fastpool-run")
+                                         name="fastpool-run",
+                                         backend="processes" if self.processes else None)
+        if self.processes:
+            from ._run_remote import FuncRef, any_exception
+
+            self._ref = FuncRef.of(args.target)
+            # What the worker processes test FUNC's exceptions with (None: no retries).
+            self._remote_retry_on = None if policy is None else (
+                args.retry_on if args.retry_on is not None else any_exception)
         if threading.current_thread() is threading.main_thread():
             # SIGINT and SIGTERM are the pool's: the first starts its shutdown, which
             # gives running records --grace seconds; a second cuts that short. The
@@ -416,6 +433,8 @@ class Runner:
         return self._exit_code()
 
     def _loop(self) -> None:
+        if self.processes and not self._load_remote():
+            return
         reader, window = self.reader, self.window
         wake = self._wake
         while True:
@@ -462,6 +481,32 @@ class Runner:
                 break  # past the grace period, or nothing left that may still finish
             wake.wait(0.1)
 
+    def _load_remote(self) -> bool:
+        """--processes: FUNC loads in a worker process; else the run stops (exit 3:
+        every record in UNPROCESSED) rather than fail or crash on each one alike."""
+        from ._run_remote import LoadFunc
+
+        assert self.pool is not None
+        try:
+            fut = self.pool.submit(LoadFunc(self._ref))
+        except RuntimeError:  # shut down by a signal already
+            return False
+        while True:
+            self._check_signal()
+            if self.stop.is_set():
+                return False
+            try:
+                fut.result(timeout=0.1)
+                return True
+            except FuturesTimeout:
+                continue
+            except CancelledError:
+                return False
+            except BaseException as exc:
+                self._internal(f"cannot run {self.args.target} in a worker process: "
+                               + error_text(exc))
+                return False
+
     def _too_long(self, batch: Batch) -> None:
         # Dead-lettered as they are read: their text is not kept to be run or saved.
         for i, line in enumerate(batch.lines):
@@ -474,12 +519,17 @@ class Runner:
         per = self._per_record
         if per <= 0 or self.args.rate:  # unknown yet; or the rate limit counts records
             return 1
+        if self.processes:
+            return max(1, min(_PROCESS_MAX_BATCH, int(_PROCESS_BATCH_SECONDS / per)))
         return max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / per)))
 
     def _submit(self, batch: Batch) -> None:
         assert self.pool is not None
         try:
-            fut = self.pool.submit(self._run_batch, batch)
+            if self.processes:
+                fut = self._submit_remote(batch)
+            else:
+                fut = self.pool.submit(self._run_batch, batch)
         except RuntimeError:  # the pool is shut down: a signal raced us
             self._check_signal()
             self._stopping = True
@@ -488,6 +538,98 @@ class Runner:
         self._submitted += 1
         batch.future = fut
         fut.add_done_callback(self._on_batch_done)
+
+    def _submit_remote(self, batch: Batch) -> Future[Any]:
+        """`batch` as a task of the worker processes. Its future (batch.future) is the
+        runner's own, settled once the batch's outcomes are in place: the writer then
+        finds it as after a thread's _run_batch."""
+        from ._run_remote import RemoteBatch
+
+        assert self.pool is not None
+        lines: list[Any] = batch.lines
+        if self.args.max_line_bytes is not None:  # settled when read: not sent
+            lines = [None if r is not None else line
+                     for line, r in zip(lines, batch.results)]
+        task = self.pool.submit(RemoteBatch(self._ref, self.jsonl, self._remote_retry_on,
+                                            lines, batch.first_line))
+        outer: Future[Any] = Future()
+        task.add_done_callback(lambda task: self._remote_done(batch, outer, task))
+        return outer
+
+    def _remote_done(self, batch: Batch, outer: Future[Any], task: Future[Any]) -> None:
+        """A batch's task in a worker process ended (in the pool's dispatcher thread)."""
+        from ._procbackend import WorkerCrashed
+
+        try:
+            if task.cancelled():  # handed back by an interrupted run's shutdown
+                outer.cancel()
+                return
+            exc = task.exception()
+            if exc is None:
+                remote, batch.seconds, clean = task.result()
+                if clean:  # the common case: every record's result line, nothing to do
+                    batch.results = remote
+                    batch.clean = True
+                else:
+                    results, first = batch.results, batch.first_line
+                    for i, r in enumerate(remote):
+                        if results[i] is None:  # (else settled when read)
+                            results[i] = (self._retry_remote(r.record, first + i)
+                                          if type(r) is RetryLater else r)
+            elif isinstance(exc, WorkerCrashed):
+                self._crashed(batch, exc)
+            elif isinstance(exc, CancelledError):  # its process was stopped
+                outer.cancel()
+                return
+            else:  # a bug of ours, or FUNC cannot be loaded in a worker
+                outer.set_exception(exc)
+                return
+        except BaseException as exc:
+            outer.set_exception(exc)
+            return
+        outer.set_result(None)
+
+    def _crashed(self, batch: Batch, exc: BaseException) -> None:
+        """The worker process running `batch` died. Which record killed it cannot be
+        told: each one not settled is retried as a task of its own (per the policy:
+        WorkerCrashed is an Exception), or dead-lettered with the reason. After an
+        interruption they are unfinished: UNPROCESSED."""
+        policy = self._policy
+        retry = policy is not None and policy.should_retry(exc)
+        text = error_text(exc)
+
+        def crash(record: Any) -> Any:
+            raise exc
+
+        def failed(record: Any, _exc: BaseException, line_no: int) -> Any:
+            assert self.pool is not None
+            if self.pool.signal_received is not None:
+                # The signal may have hit the process group: its death is no failure.
+                return None
+            return self._retry_remote(record, line_no) if retry else Failed(text, record, 1)
+
+        # The same parsing as in the worker: bad and blank lines end as they would have.
+        run_lines(batch.lines, batch.results, crash, self._encode, self.jsonl,
+                  self.args.max_line_bytes is not None, failed, batch.first_line, self)
+
+    def _retry_remote(self, record: Any, line_no: int) -> Retrying | None:
+        """A record that failed in a worker process: its retries, as a task of its own."""
+        from ._run_remote import RemoteRetry
+
+        policy = self._policy
+        assert self.pool is not None and policy is not None and self._remote_retry_on
+        call = RemoteRetry(self._ref, record, self.jsonl, self._remote_retry_on, line_no,
+                           policy)
+        # The call learns of its failed attempts through the Retry's test (see RemoteRetry).
+        retry = fastpool.Retry(attempts=policy.attempts, backoff=policy.backoff,
+                               multiplier=policy.multiplier, max_backoff=policy.max_backoff,
+                               jitter=policy.jitter, retry_on=call.should_retry)
+        try:
+            fut = self.pool.schedule(call, retry=retry, key=line_no)
+        except RuntimeError:  # shut down by an interruption: the record is unfinished
+            return None
+        fut.add_done_callback(self._on_retry_done)
+        return Retrying(fut, call)
 
     def _on_batch_done(self, fut: Future[Any]) -> None:
         with self._count_lock:
@@ -506,48 +648,10 @@ class Runner:
 
     def _run_batch(self, batch: Batch) -> None:
         """Parse, call and encode each line of `batch` (in a worker thread)."""
-        func, encode, jsonl, decode = self.func, self._encode, self.jsonl, _json_decode
-        results = batch.results
-        first = batch.first_line
-        settled = self.args.max_line_bytes is not None  # over-long lines: settled when read
-        ok = 0
-        started = time.perf_counter()
-        for i, raw in enumerate(batch.lines):
-            if self._stopping:
-                break  # interrupted: start no new record; the rest stays None
-            if settled and results[i] is not None:
-                continue
-            if jsonl:
-                try:
-                    # json.loads(text) without its wrapper, and decoded here rather than
-                    # by json.loads(bytes), whose guess of the encoding costs as much as
-                    # parsing a small record.
-                    text = raw.decode("utf-8")
-                    record = decode(text)
-                except UnicodeDecodeError as exc:
-                    results[i] = Failed(f"invalid UTF-8: {exc}",
-                                        raw.decode("utf-8", "replace").rstrip("\r\n"), 0)
-                    continue
-                except ValueError:
-                    # Blank lines are no record; looked for only here, as they do not parse.
-                    results[i] = SKIP if not raw or raw.isspace() else Failed(
-                        "invalid JSON: " + _json_error(text), text.strip(), 0)
-                    continue
-            else:
-                record = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
-            try:
-                value = func(record)
-            except BaseException as exc:  # SystemExit too: the record's failure
-                results[i] = self._failed(record, exc, first + i)
-                continue
-            try:
-                results[i] = encode(value)
-                ok += 1
-            except BaseException as exc:
-                results[i] = Failed("cannot serialize the result: " + error_text(exc),
-                                    record, 1)
-        batch.seconds = time.perf_counter() - started
-        batch.clean = ok == len(results)
+        ok, batch.seconds = run_lines(batch.lines, batch.results, self.func, self._encode,
+                                      self.jsonl, self.args.max_line_bytes is not None,
+                                      self._failed, batch.first_line, self)
+        batch.clean = ok == len(batch.results)
 
     def _failed(self, record: Any, exc: BaseException, line_no: int) -> Any:
         if self._policy is None or not self._policy.should_retry(exc):
@@ -605,8 +709,9 @@ class Runner:
         # the dead-letter file, so the pool's copies are dropped as they come.
         assert self.pool is not None
         self.pool.dead_letters.drain()
-        text = safe_str(exc) if isinstance(exc, Unserializable) else error_text(exc)
-        return Failed(text, r.call.record, r.call.attempts)
+        text = (safe_str(exc) if isinstance(exc, (Unserializable, RemoteFailure))
+                else error_text(exc))
+        return Failed(text, r.call.record, r.call.final_attempts(exc))
 
     def _write_batch(self, batch: Batch) -> bool:
         """Write batch.results[pos:] up to the first unsettled one; True if all written."""
