@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import _env, _read_jsonl, fastpool_cli
+from cli_support import _env, _read_jsonl, fastpool_cli
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and os._exit")
 
