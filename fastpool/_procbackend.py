@@ -36,11 +36,13 @@ import signal
 import sys
 import threading
 import weakref
+from collections import deque
 from concurrent.futures import CancelledError
 from concurrent.futures import process as _stdlib
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
+from time import perf_counter
 from typing import Any, Callable
 
 from .cancel import CancelToken
@@ -59,6 +61,12 @@ except ImportError:
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _STOP = b""  # sent to an idle process: exit (closing its pipes does the same)
 _SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)  # Windows: TerminateProcess both
+
+# Pipelining (ProcessBackend.serve): a dispatcher keeps up to this many calls in its
+# process, fewer as calls take longer: about this many seconds of calls (a queued call
+# waits behind them while another process may be idle).
+_MAX_DEPTH = 64
+_PIPELINE_BUDGET = 0.002
 
 # Answers of a worker process: (kind, value).
 _OK, _RAISED, _INIT_FAILED = 0, 1, 2
@@ -137,18 +145,26 @@ def _worker_main(conn: Connection, alive: Connection, init: bytes) -> None:
         if init_error is not None:
             _send(conn, (_INIT_FAILED, init_error))
             return
-        try:
-            fn, args, kwargs = pickle.loads(data)
-            answer = (_OK, fn(*args, **kwargs))
-        except BaseException as exc:
-            if isinstance(exc, AttributeError) and "__main__" in str(exc):
-                exc = RuntimeError(f"a worker process cannot import the function ({exc}): "
-                                   f"functions defined in __main__ need cloudpickle, "
-                                   f"{EXTRA_HINT}")
-            answer = (_RAISED, _ExceptionWithTraceback(exc, exc.__traceback__))
-        fn = args = kwargs = None
-        _send(conn, answer)
-        answer = None  # type: ignore[assignment]
+        # A batch of calls, each pickled on its own. Each call's answer is sent before
+        # the next call starts: should this process die (killed by a deadline, a
+        # crash), the parent has the answers of the calls that finished, knows which
+        # one was running, and that the rest never started.
+        calls = pickle.loads(data)
+        data = None  # type: ignore[assignment]
+        calls.reverse()
+        while calls:
+            try:
+                fn, args, kwargs = pickle.loads(calls.pop())
+                answer = (_OK, fn(*args, **kwargs))
+            except BaseException as exc:
+                if isinstance(exc, AttributeError) and "__main__" in str(exc):
+                    exc = RuntimeError(f"a worker process cannot import the function "
+                                       f"({exc}): functions defined in __main__ need "
+                                       f"cloudpickle, {EXTRA_HINT}")
+                answer = (_RAISED, _ExceptionWithTraceback(exc, exc.__traceback__))
+            fn = args = kwargs = None
+            _send(conn, answer)
+            answer = None  # type: ignore[assignment]
 
 
 def _send(conn: Connection, answer: tuple[int, Any]) -> None:
@@ -203,8 +219,8 @@ def _describe(exitcode: int | None) -> str:
 class _Proc:
     """One worker process and the parent's ends of its pipes."""
 
-    __slots__ = ("process", "conn", "alive", "calls", "lock", "current", "doomed", "grace",
-                 "__weakref__")
+    __slots__ = ("process", "conn", "alive", "calls", "sent", "lock", "current", "doomed",
+                 "grace", "__weakref__")
 
     def __init__(self, process: Any, conn: Connection, alive: Connection,
                  grace: float) -> None:
@@ -212,9 +228,10 @@ class _Proc:
         self.grace = grace
         self.conn = conn
         self.alive = alive
-        self.calls = 0
+        self.calls = 0  # calls answered
+        self.sent = 0  # calls sent
         self.lock = threading.Lock()
-        self.current = 0  # id of the call running now (0: none)
+        self.current = 0  # id of the call(s) in flight now (0: none)
         self.doomed = False  # terminated by a token: never reused
 
     def interrupt(self, call_id: int) -> None:
@@ -260,10 +277,31 @@ class _Slot:
     """Held by a dispatcher thread (threading.local): released with the thread, which
     closes the process it owns. (Its finalizer holds `cell`, not the slot.)"""
 
-    __slots__ = ("cell", "__weakref__")
+    __slots__ = ("cell", "depth", "per_call", "last", "__weakref__")
 
     def __init__(self) -> None:
         self.cell: list[_Proc | None] = [None]
+        # Pipelining: how many calls this dispatcher keeps in its process (1: one at a
+        # time, till a call's time is known), from the time a call takes (s, a moving
+        # average), measured between answers (`last`: when the last one came).
+        self.depth = 1
+        self.per_call = 0.0
+        self.last = 0.0
+
+
+class _Entry:
+    """A started task in a dispatcher's hands: waiting to be sent, or sent and not
+    answered yet."""
+
+    __slots__ = ("task", "token", "own", "t0", "sent_at", "hook")
+
+    def __init__(self, task: Any, token: CancelToken, own: bool, t0: float) -> None:
+        self.task = task
+        self.token = token  # the token that governs its call
+        self.own = own  # its own token or deadline (not only the pool's): sent alone
+        self.t0 = t0
+        self.sent_at = 0.0
+        self.hook: int | None = None  # its callback on `token` (own only)
 
 
 class ProcessBackend:
@@ -384,71 +422,223 @@ class ProcessBackend:
         with self._lock:
             self._procs.pop(proc, None)
 
-    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-             token: CancelToken) -> Any:
-        """Run fn(*args, **kwargs) in this thread's worker process; raise CancelledError
-        if `token` is cancelled first (the process is stopped), WorkerCrashed if the
-        process dies."""
-        if self.broken is not None:
-            raise BrokenProcessPool(self.broken)
-        data = _dumps((fn, args, kwargs), f"the call of {fn!r}")
+    def serve(self, first: Any, run_token: CancelToken | None, t0: float, hooks: Any) -> None:
+        """Run the Pool task `first` (started by hooks.start: `run_token` and `t0` are
+        what it returned) in this thread's worker process and, while calls are quick,
+        more queued tasks (hooks.take_next) pipelined behind it: sent before the
+        answers of the calls ahead of them come back. Every task it takes ends settled
+        (hooks.finish), exactly once.
+
+        A task with its own token or deadline is sent alone: nothing is queued behind it
+        in its process (a token that stops it kills that process) and it is not queued
+        behind others (it runs when it is sent). The other tasks are governed by the
+        pool's token (hooks.pool_token) alone. A process that dies fails the call it
+        was running; the calls sent behind it never started: they go to a fresh one."""
         slot = self._mine()
+        pool_token: CancelToken = hooks.pool_token
+        own = run_token is not None
+        waiting: deque[_Entry] = deque([_Entry(first, run_token if own else pool_token,
+                                               own, t0)])
+        sent: deque[_Entry] = deque()
+        # The pool's token stops the process while plain calls are in flight in it.
+        plain_id = next(self._ids)
+        plain_hook: list[int | None] = []
+        try:
+            while waiting or sent:
+                depth = slot.depth
+                if (depth > 1 and len(waiting) + len(sent) <= depth // 2
+                        and not (waiting and waiting[-1].own) and not (sent and sent[-1].own)):
+                    self._take(hooks, pool_token, waiting, depth - len(waiting) - len(sent))
+                if waiting:
+                    self._send_ready(slot, waiting, sent, hooks, plain_id, plain_hook,
+                                     pool_token)
+                if sent:
+                    self._receive(slot, waiting, sent, hooks)
+        except BaseException as exc:
+            # A bug of ours: what is left fails with it, and this process (its pipe in
+            # an unknown state) goes.
+            proc = slot.cell[0]
+            if proc is not None:
+                self._drop(slot, proc, 0.0)
+            for e in (*sent, *waiting):
+                if e.hook is not None:
+                    e.token.remove_callback(e.hook)
+                hooks.finish(e.task, e.t0, False, exc)
+            raise
+        finally:
+            if plain_hook:
+                pool_token.remove_callback(plain_hook[0])
+
+    def _take(self, hooks: Any, pool_token: CancelToken, waiting: deque[_Entry],
+              n: int) -> None:
+        # Up to n more queued tasks for this process; stop after one of its own token.
+        for _ in range(n):
+            task = hooks.take_next()
+            if task is None:
+                return
+            started = hooks.start(task)
+            if started is None:
+                continue  # not to run (cancelled, settled by its deadline, handed back)
+            run_token, t0 = started
+            own = run_token is not None
+            waiting.append(_Entry(task, run_token if own else pool_token, own, t0))
+            if own:
+                return
+
+    def _send_ready(self, slot: _Slot, waiting: deque[_Entry], sent: deque[_Entry],
+                    hooks: Any, plain_id: int, plain_hook: list[int | None],
+                    pool_token: CancelToken) -> None:
+        """Send, in one message, the waiting calls that may go now."""
+        # Those that will not run: the pool broke, or their token was cancelled first.
+        while waiting:
+            e = waiting[0]
+            if self.broken is not None:
+                err: BaseException = BrokenProcessPool(self.broken)
+            elif e.token.cancelled:
+                reason = e.token.reason
+                err = CancelledError() if reason is None else CancelledError(reason)
+            else:
+                break
+            waiting.popleft()
+            hooks.finish(e.task, e.t0, False, err)
+        if not waiting or (sent and (sent[-1].own or waiting[0].own)):
+            return
+        proc = slot.cell[0]
+        limit = self.max_tasks_per_child
+        if proc is not None and limit is not None and proc.sent >= limit:
+            if sent:
+                return  # its last calls are still running
+            self._drop(slot, proc, 5.0)
+            proc = None
+        if proc is None:
+            try:
+                proc = slot.cell[0] = self._start()
+            except CancelledError as exc:  # the pool was shut down: start no more
+                while waiting:
+                    e = waiting.popleft()
+                    hooks.finish(e.task, e.t0, False, exc)
+                return
+        batch: list[_Entry] = []
+        data: list[bytes] = []
+        room = _MAX_DEPTH if limit is None else limit - proc.sent
+        while waiting and len(batch) < room:
+            e = waiting[0]
+            if batch and (e.own or batch[-1].own):
+                break
+            task = e.task
+            try:
+                data.append(_dumps((task.fn, task.args, task.kwargs),
+                                   f"the call of {task.fn!r}"))
+            except BaseException as exc:
+                waiting.popleft()
+                hooks.finish(e.task, e.t0, False, exc)
+                continue
+            batch.append(waiting.popleft())
+        if not batch:
+            return
+        try:
+            proc.conn.send_bytes(pickle.dumps(data, _PROTOCOL))
+        except OSError:
+            if not sent and proc.sent:
+                # It died while idle (killed): these calls never started there.
+                self._drop(slot, proc, 0.0)
+                waiting.extendleft(reversed(batch))
+                return
+            # Died at once (its initializer called os._exit...), or while running the
+            # calls ahead: seen as EOF when reading their answers.
+        now = perf_counter()
+        for e in batch:
+            e.sent_at = now
+        proc.sent += len(batch)
+        sent.extend(batch)
+        head = batch[0]
+        if head.own:
+            call_id = next(self._ids)
+            with proc.lock:
+                proc.current = call_id
+            # Called at once if already cancelled.
+            head.hook = head.token.add_callback(lambda _t: proc.interrupt(call_id))
+        else:
+            with proc.lock:
+                proc.current = plain_id
+            if not plain_hook:
+                plain_hook.append(pool_token.add_callback(
+                    lambda _t: self._interrupt(slot, plain_id)))
+
+    @staticmethod
+    def _interrupt(slot: _Slot, call_id: int) -> None:
         proc = slot.cell[0]
         if proc is not None:
-            try:
-                proc.conn.send_bytes(data)
-            except OSError:
-                # It died while idle (killed): the call never started there.
-                self._drop(slot, proc, 0.0)
-                proc = None
-        if proc is None:
-            if token.cancelled:
-                raise CancelledError(token.reason)
-            proc = slot.cell[0] = self._start()
-            try:
-                proc.conn.send_bytes(data)
-            except OSError:
-                pass  # died at once (initializer called os._exit...): seen below as EOF
-        call_id = next(self._ids)
-        proc.current = call_id
-        handle = token.add_callback(lambda _t: proc.interrupt(call_id))
-        try:
-            answer = self._wait(proc, token)
-        finally:
-            token.remove_callback(handle)
+            proc.interrupt(call_id)
+
+    def _receive(self, slot: _Slot, waiting: deque[_Entry], sent: deque[_Entry],
+                 hooks: Any) -> None:
+        """Wait for the answer of the oldest call sent, and settle it."""
+        proc = slot.cell[0]
+        assert proc is not None
+        answer = self._wait(proc)
+        e = sent.popleft()
+        if e.hook is not None:
+            e.token.remove_callback(e.hook)
+            e.hook = None
+        if answer is None:
+            self._died(slot, proc, e, waiting, sent, hooks)
+            return
+        now = perf_counter()
+        if proc.calls:  # (not a fresh process's first call: its start-up)
+            took = now - max(slot.last, e.sent_at)
+            per_call = slot.per_call = took if not slot.per_call else (
+                slot.per_call + (took - slot.per_call) * 0.25)
+            slot.depth = max(1, min(_MAX_DEPTH, int(_PIPELINE_BUDGET / max(per_call, 1e-6))))
+        slot.last = now
+        proc.calls += 1
+        if not sent:
             with proc.lock:
                 proc.current = 0
-        if answer is None:
-            # No answer: stopped by the token, or dead.
-            exitcode = proc.process.exitcode
-            self._drop(slot, proc, self.grace if proc.doomed else 1.0)
-            if proc.doomed or token.cancelled:
-                reason = token.reason
-                raise CancelledError() if reason is None else CancelledError(reason)
-            if exitcode is None:
-                exitcode = proc.process.exitcode
-            hint = ""
-            if proc.calls == 0 and exitcode == 1:
-                # Died starting: most often a main module without the guard (spawn and
-                # forkserver import it in the child), the traceback is on its stderr.
-                hint = (" while starting (see its traceback on stderr; the main module "
-                        "needs an `if __name__ == '__main__':` guard)")
-            raise WorkerCrashed(f"the worker process (pid {proc.process.pid}) running "
-                                f"{fn!r} died{hint}: {_describe(exitcode)}")
-        proc.calls += 1
-        if proc.doomed or (self.max_tasks_per_child is not None
-                           and proc.calls >= self.max_tasks_per_child):
-            self._drop(slot, proc, self.grace if proc.doomed else 5.0)
+            limit = self.max_tasks_per_child
+            if proc.doomed or (limit is not None and proc.calls >= limit):
+                self._drop(slot, proc, self.grace if proc.doomed else 5.0)
         kind, value = answer
         if kind == _OK:
-            return value
+            hooks.finish(e.task, e.t0, True, value)
+            return
         if kind == _INIT_FAILED:
             self.broken = ("A process initializer failed, the process pool is not "
                            "usable anymore")
-            raise BrokenProcessPool(self.broken) from value
-        raise value
+            err = BrokenProcessPool(self.broken)
+            err.__cause__ = value
+            value = err
+        hooks.finish(e.task, e.t0, False, value)
 
-    def _wait(self, proc: _Proc, token: CancelToken) -> tuple[int, Any] | None:
+    def _died(self, slot: _Slot, proc: _Proc, e: _Entry, waiting: deque[_Entry],
+              sent: deque[_Entry], hooks: Any) -> None:
+        # No answer: stopped by a token, or dead. `e` was running; the calls sent
+        # behind it never started: they wait for a fresh process (or end as cancelled
+        # there, if their token was cancelled meanwhile).
+        exitcode = proc.process.exitcode
+        doomed = proc.doomed
+        self._drop(slot, proc, self.grace if doomed else 1.0)
+        waiting.extendleft(reversed(sent))
+        sent.clear()
+        if doomed or e.token.cancelled:
+            reason = e.token.reason
+            hooks.finish(e.task, e.t0, False,
+                         CancelledError() if reason is None else CancelledError(reason))
+            return
+        if exitcode is None:
+            exitcode = proc.process.exitcode
+        hint = ""
+        if proc.calls == 0 and exitcode == 1:
+            # Died starting: most often a main module without the guard (spawn and
+            # forkserver import it in the child), the traceback is on its stderr.
+            hint = (" while starting (see its traceback on stderr; the main module "
+                    "needs an `if __name__ == '__main__':` guard)")
+        fn = e.task.fn
+        hooks.finish(e.task, e.t0, False, WorkerCrashed(
+            f"the worker process (pid {proc.process.pid}) running {fn!r} died{hint}: "
+            f"{_describe(exitcode)}"))
+
+    def _wait(self, proc: _Proc) -> tuple[int, Any] | None:
         # A blocking read, no select() per call: a cancelled token terminates the
         # process (_Proc.interrupt), whose death ends the read with EOF.
         try:
