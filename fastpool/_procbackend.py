@@ -33,6 +33,7 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import struct
 import sys
 import threading
 import weakref
@@ -205,6 +206,24 @@ def _preload_in_forkserver() -> None:
         forkserver.set_forkserver_preload([*mods, __name__])
 
 
+_HEADER = struct.Struct("!i")
+_LONG_HEADER = struct.Struct("!Q")
+# Read answers in bulk from the pipe's file descriptor (a Windows pipe is a handle:
+# Connection.recv_bytes there).
+_BULK = sys.platform != "win32"
+
+
+def _frame_size(buf: bytearray, pos: int = 0) -> int:
+    """The size of the frame (header and answer) at `pos`, as Connection.send_bytes
+    wrote it: a 4-byte length, or -1 and an 8-byte length; 12 if that is not read yet."""
+    n = _HEADER.unpack_from(buf, pos)[0]
+    if n != -1:
+        return 4 + n  # type: ignore[no-any-return]
+    if len(buf) - pos < 12:
+        return 12
+    return 12 + _LONG_HEADER.unpack_from(buf, pos + 4)[0]  # type: ignore[no-any-return]
+
+
 def _describe(exitcode: int | None) -> str:
     if exitcode is None:
         return "unknown exit code"
@@ -220,7 +239,7 @@ class _Proc:
     """One worker process and the parent's ends of its pipes."""
 
     __slots__ = ("process", "conn", "alive", "calls", "sent", "lock", "current", "doomed",
-                 "grace", "__weakref__")
+                 "grace", "buf", "answers", "__weakref__")
 
     def __init__(self, process: Any, conn: Connection, alive: Connection,
                  grace: float) -> None:
@@ -233,6 +252,36 @@ class _Proc:
         self.lock = threading.Lock()
         self.current = 0  # id of the call(s) in flight now (0: none)
         self.doomed = False  # terminated by a token: never reused
+        self.buf = bytearray()  # answers read, not complete yet
+        self.answers: deque[bytes] = deque()  # answers read, not taken yet
+
+    def read_answers(self) -> bool:
+        """Read what the process has sent, in one read (it blocks till something
+        comes), and split it into answers (multiprocessing.Connection's framing): one
+        system call for every answer that arrived meanwhile, where recv_bytes makes two
+        per answer, each a GIL hand-off. False at EOF (the process died or exited)."""
+        buf = self.buf
+        want = 65536
+        if len(buf) >= 4:
+            # Part of a large answer: read the rest of it at once.
+            want = max(want, _frame_size(buf) - len(buf))
+        try:
+            chunk = os.read(self.conn.fileno(), want)
+        except OSError:
+            return False
+        if not chunk:
+            return False
+        buf += chunk
+        pos, end = 0, len(buf)
+        while end - pos >= 4:
+            size = _frame_size(buf, pos)
+            if end - pos < size:
+                break
+            head = 12 if _HEADER.unpack_from(buf, pos)[0] == -1 else 4
+            self.answers.append(bytes(buf[pos + head:pos + size]))
+            pos += size
+        del buf[:pos]
+        return True
 
     def interrupt(self, call_id: int) -> None:
         # A token's callback, in whichever thread cancelled it: only if that call still
@@ -640,11 +689,19 @@ class ProcessBackend:
 
     def _wait(self, proc: _Proc) -> tuple[int, Any] | None:
         # A blocking read, no select() per call: a cancelled token terminates the
-        # process (_Proc.interrupt), whose death ends the read with EOF.
-        try:
-            return pickle.loads(proc.conn.recv_bytes())  # type: ignore[no-any-return]
-        except (EOFError, OSError):
-            return None
+        # process (_Proc.interrupt), whose death ends the read with EOF (after the
+        # answers it sent before).
+        answers = proc.answers
+        if _BULK:
+            while not answers:
+                if not proc.read_answers():
+                    return None
+        elif not answers:
+            try:
+                answers.append(proc.conn.recv_bytes())
+            except (EOFError, OSError):
+                return None
+        return pickle.loads(answers.popleft())  # type: ignore[no-any-return]
 
     # -- ending ---------------------------------------------------------------------
 
