@@ -125,3 +125,22 @@ def descendants(root):
             out.append(child)
             todo.append(child)
     return sorted(out)
+
+
+def record(path, value):
+    """Append `value` to the file `path` (one line per run: how often it ran), return it."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{value}\n".encode())
+    finally:
+        os.close(fd)
+    return value
+
+
+def runs(path):
+    """The values record() appended to `path`, in order."""
+    try:
+        with open(path) as f:
+            return [line.strip() for line in f]
+    except FileNotFoundError:
+        return []

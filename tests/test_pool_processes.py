@@ -336,6 +336,152 @@ def test_crash_is_retried_then_dead_lettered(procpool, tmp_path):
     assert pool.submit(ps.square, 4).result(PROMPT) == 16
 
 
+# -- pipelining: a dispatcher sends quick calls before the answers of those ahead ----------
+
+@pytest.fixture
+def pipelined(monkeypatch):
+    """Calls pipelined as deep as they go (64), however long they take: after a
+    process's first two answers, a dispatcher sends what is queued in one batch."""
+    monkeypatch.setattr(_procbackend, "_PIPELINE_BUDGET", 1e9)
+
+
+def _hold(pool, gate):
+    """Warm the pool's one dispatcher (its depth is known after two answers), then hold
+    it on a gated call: what is submitted meanwhile goes out in one batch after it."""
+    assert [pool.submit(ps.square, i).result(PROMPT) for i in range(3)] == [0, 1, 4]
+    held = pool.submit(ps.gated, *gate.args())
+    gate.wait_started(1)
+    return held
+
+
+def test_pipelined_crash_fails_only_its_call(procpool, pipelined, tmp_path):
+    # The calls sent behind the one that crashed never started: a fresh process runs
+    # them, each exactly once.
+    gate = Gate(tmp_path)
+    log = str(tmp_path / "log")
+    pool = procpool(1)
+    held = _hold(pool, gate)
+    before = [pool.submit(ps.record, log, i) for i in range(10)]
+    crash = pool.submit(ps.die, 7)
+    after = [pool.submit(ps.record, log, i) for i in range(10, 20)]
+    gate.open()
+    held.result(PROMPT)
+    with pytest.raises(WorkerCrashed, match="exit code 7"):
+        crash.result(PROMPT)
+    assert [f.result(PROMPT) for f in before + after] == list(range(20))
+    assert sorted(map(int, ps.runs(log))) == list(range(20))  # each ran once
+    assert pool.join(PROMPT)
+    s = pool.stats()
+    assert (s.succeeded, s.failed) == (3 + 1 + 20, 1)
+    check_invariant(s)
+
+
+def test_pipelined_crash_is_retried(procpool, pipelined, tmp_path):
+    gate = Gate(tmp_path)
+    log = str(tmp_path / "log")
+    pool = procpool(1, retry=Retry(attempts=2, backoff=0))
+    held = _hold(pool, gate)
+    fs = [pool.submit(ps.record, log, i) for i in range(5)]
+    crash = pool.submit(ps.die_once, str(tmp_path / "c"), "ok")
+    fs += [pool.submit(ps.record, log, i) for i in range(5, 10)]
+    gate.open()
+    held.result(PROMPT)
+    assert crash.result(PROMPT) == "ok"
+    assert [f.result(PROMPT) for f in fs] == list(range(10))
+    assert sorted(map(int, ps.runs(log))) == list(range(10))
+    assert pool.join(PROMPT)
+    s = pool.stats()
+    assert (s.succeeded, s.failed, s.retried, s.dead_lettered) == (3 + 1 + 11, 0, 1, 0)
+    check_invariant(s)
+
+
+def test_deadline_task_is_never_pipelined(procpool, pipelined, tmp_path):
+    # A task with a deadline waits for the calls ahead of it to finish, runs alone in
+    # its process, and its deadline kills only it: the calls queued after it run once.
+    gate = Gate(tmp_path)
+    log = str(tmp_path / "log")
+    pool = procpool(1)
+    held = _hold(pool, gate)
+    before = [pool.submit(ps.record, log, i) for i in range(5)]
+    stuck = pool.schedule(ps.sleep, (60,), deadline=1.0)
+    after = [pool.submit(ps.record, log, i) for i in range(5, 10)]
+    gate.open()
+    held.result(PROMPT)
+    with pytest.raises(DeadlineExceeded):
+        stuck.result(PROMPT)
+    assert [f.result(PROMPT) for f in before + after] == list(range(10))
+    assert sorted(map(int, ps.runs(log))) == list(range(10))
+    assert pool.join(PROMPT)
+    s = pool.stats()
+    assert (s.succeeded, s.failed) == (3 + 1 + 10, 1)
+    check_invariant(s)
+
+
+def test_token_cancelled_before_its_call_is_sent(procpool, pipelined, tmp_path):
+    # Taken by the dispatcher, waiting for the call ahead: its token is cancelled, so
+    # it never runs, and the process is not killed for it.
+    gate = Gate(tmp_path)
+    log = str(tmp_path / "log")
+    pool = procpool(1)
+    assert [pool.submit(ps.square, i).result(PROMPT) for i in range(3)] == [0, 1, 4]
+    token = CancelToken()
+    held = pool.submit(ps.gated, *gate.args())
+    f = pool.schedule(ps.record, (log, "no"), token=token)
+    gate.wait_started(1)
+    wait_until(lambda: pool.stats().running == 2, what="both in the dispatcher's hands")
+    token.cancel("changed my mind")
+    gate.open()
+    held.result(PROMPT)
+    with pytest.raises(CancelledError):
+        f.result(PROMPT)
+    assert pool.join(PROMPT)
+    assert ps.runs(log) == []
+    assert pool.submit(ps.pid).result(PROMPT) == gate.pids()[0]  # the same process
+    s = pool.stats()
+    assert (s.succeeded, s.cancelled) == (3 + 1 + 1, 1)
+    check_invariant(s)
+
+
+def test_timed_shutdown_with_pipelined_calls(pipelined, tmp_path):
+    # Calls sent behind a stuck one are in a dispatcher's hands (reported still running);
+    # the killed process never started them: they end cancelled, each in one state.
+    gate = Gate(tmp_path)
+    log = str(tmp_path / "log")
+    pool = Pool(1, backend="processes")
+    held = _hold(pool, gate)
+    stuck = pool.submit(ps.sleep, 60)
+    behind = [pool.submit(ps.record, log, i) for i in range(10)]
+    gate.open()
+    held.result(PROMPT)
+    wait_until(lambda: pool.stats().running == 11, what="the batch to be sent")
+    report = pool.shutdown(timeout=1)
+    assert report.timed_out
+    assert report.completed + len(report.not_started) + len(report.still_running) == 3 + 1 + 11
+    assert {t.future for t in report.still_running} == {stuck, *behind}
+    for f in [stuck, *behind]:
+        with pytest.raises(CancelledError):
+            f.result(PROMPT)
+    assert ps.runs(log) == []
+    assert pool._outcomes.backend._procs == {}
+    s = pool.stats()
+    assert (s.succeeded, s.cancelled, s.running) == (4, 11, 0)
+    check_invariant(s)
+
+
+def test_max_tasks_per_child_pipelined(procpool, pipelined, tmp_path):
+    gate = Gate(tmp_path)
+    pool = procpool(1, backend=ProcessBackend(max_tasks_per_child=3))
+    held = _hold(pool, gate)
+    fs = [pool.submit(ps.pid) for _ in range(20)]
+    gate.open()
+    held.result(PROMPT)
+    pids = [f.result(PROMPT) for f in fs]
+    # The first process ran 3 squares and the gated call (its 4th: max 3, so the gated
+    # one went to a second process); no process runs more than 3.
+    assert max(pids.count(p) for p in set(pids)) <= 3
+    assert len(set(pids)) >= 7
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs SIGUSR1")
 def test_handle_signals(procpool, tmp_path):
     gate = Gate(tmp_path)
