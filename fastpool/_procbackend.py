@@ -66,11 +66,14 @@ _SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)  # Windows: TerminateProce
 # Pipelining (ProcessBackend.serve): a dispatcher keeps up to this many calls in its
 # process, fewer as calls take longer: about this many seconds of calls (a queued call
 # waits behind them while another process may be idle).
-_MAX_DEPTH = 64
-_PIPELINE_BUDGET = 0.002
+_MAX_DEPTH = 256
+_PIPELINE_BUDGET = 0.005
 
 # Answers of a worker process: (kind, value).
-_OK, _RAISED, _INIT_FAILED = 0, 1, 2
+# _UNLOADABLE: a batch pickled as one could not be unpickled (a function or an
+# argument the worker cannot import): none of its calls started; the parent sends them
+# again each pickled on its own, so that only those that cannot be loaded fail.
+_OK, _RAISED, _INIT_FAILED, _UNLOADABLE = 0, 1, 2, 3
 
 # The stdlib's own wrappers: an exception crosses back with its formatted remote
 # traceback as __cause__, exactly as with concurrent.futures.ProcessPoolExecutor.
@@ -105,7 +108,10 @@ def _dumps(obj: Any, what: str) -> bytes:
 
 
 def _by_value(obj: Any) -> bool:
-    # The call tuple (fn, args, kwargs): a __main__ function goes by value.
+    # The call tuple (fn, args, kwargs), or a list of them: a __main__ function goes by
+    # value.
+    if isinstance(obj, list):
+        return any(_by_value(call) for call in obj)
     fn = obj[0] if isinstance(obj, tuple) and obj else obj
     return getattr(fn, "__module__", None) == "__main__"
 
@@ -150,12 +156,20 @@ def _worker_main(conn: Connection, alive: Connection, init: bytes) -> None:
         # the next call starts: should this process die (killed by a deadline, a
         # crash), the parent has the answers of the calls that finished, knows which
         # one was running, and that the rest never started.
-        calls = pickle.loads(data)
+        # The batch is a list of calls (pickled as one) or of pickled calls (each on
+        # its own).
+        try:
+            calls = pickle.loads(data)
+        except BaseException as exc:
+            _send(conn, (_UNLOADABLE, repr(exc)))
+            continue
         data = None  # type: ignore[assignment]
         calls.reverse()
         while calls:
             try:
-                fn, args, kwargs = pickle.loads(calls.pop())
+                call = calls.pop()
+                fn, args, kwargs = pickle.loads(call) if type(call) is bytes else call
+                call = None
                 answer = (_OK, fn(*args, **kwargs))
             except BaseException as exc:
                 if isinstance(exc, AttributeError) and "__main__" in str(exc):
@@ -163,7 +177,7 @@ def _worker_main(conn: Connection, alive: Connection, init: bytes) -> None:
                                        f"({exc}): functions defined in __main__ need "
                                        f"cloudpickle, {EXTRA_HINT}")
                 answer = (_RAISED, _ExceptionWithTraceback(exc, exc.__traceback__))
-            fn = args = kwargs = None
+            fn = args = kwargs = call = None
             _send(conn, answer)
             answer = None  # type: ignore[assignment]
 
@@ -342,7 +356,7 @@ class _Entry:
     """A started task in a dispatcher's hands: waiting to be sent, or sent and not
     answered yet."""
 
-    __slots__ = ("task", "token", "own", "t0", "sent_at", "hook")
+    __slots__ = ("task", "token", "own", "t0", "sent_at", "hook", "batch", "solo")
 
     def __init__(self, task: Any, token: CancelToken, own: bool, t0: float) -> None:
         self.task = task
@@ -351,6 +365,8 @@ class _Entry:
         self.t0 = t0
         self.sent_at = 0.0
         self.hook: int | None = None  # its callback on `token` (own only)
+        self.batch = 0  # first of a batch pickled as one: the number of calls in it
+        self.solo = False  # pickled on its own (its batch could not be unpickled)
 
 
 class ProcessBackend:
@@ -568,25 +584,44 @@ class ProcessBackend:
                     hooks.finish(e.task, e.t0, False, exc)
                 return
         batch: list[_Entry] = []
-        data: list[bytes] = []
         room = _MAX_DEPTH if limit is None else limit - proc.sent
+        solo = waiting[0].solo
         while waiting and len(batch) < room:
             e = waiting[0]
-            if batch and (e.own or batch[-1].own):
+            if batch and (e.own or batch[-1].own or e.solo != solo):
                 break
-            task = e.task
-            try:
-                data.append(_dumps((task.fn, task.args, task.kwargs),
-                                   f"the call of {task.fn!r}"))
-            except BaseException as exc:
-                waiting.popleft()
-                hooks.finish(e.task, e.t0, False, exc)
-                continue
             batch.append(waiting.popleft())
-        if not batch:
-            return
+        payload = None
+        if not solo:
+            # The batch in one pickle: the function, pickled by reference, goes once
+            # (later calls refer to it): ~0.1 us per call instead of ~4 us on its own.
+            calls = [(e.task.fn, e.task.args, e.task.kwargs) for e in batch]
+            try:
+                payload = _dumps(calls, "a batch of calls")
+                batch[0].batch = len(batch)
+            except BaseException:
+                solo = True  # one of them does not pickle: find it, send the others
+            calls = None  # type: ignore[assignment]
+        if solo:
+            # Each call pickled on its own: one that cannot be fails alone.
+            data: list[bytes] = []
+            ok: list[_Entry] = []
+            for e in batch:
+                task = e.task
+                try:
+                    data.append(_dumps((task.fn, task.args, task.kwargs),
+                                       f"the call of {task.fn!r}"))
+                except BaseException as exc:
+                    hooks.finish(task, e.t0, False, exc)
+                    continue
+                ok.append(e)
+            batch = ok
+            if not batch:
+                return
+            payload = pickle.dumps(data, _PROTOCOL)
+        assert payload is not None
         try:
-            proc.conn.send_bytes(pickle.dumps(data, _PROTOCOL))
+            proc.conn.send_bytes(payload)
         except OSError:
             if not sent and proc.sent:
                 # It died while idle (killed): these calls never started there.
@@ -632,6 +667,18 @@ class ProcessBackend:
             e.hook = None
         if answer is None:
             self._died(slot, proc, e, waiting, sent, hooks)
+            return
+        if answer[0] == _UNLOADABLE:
+            # None of its batch started: again, each call pickled on its own.
+            back = [e] + [sent.popleft() for _ in range(e.batch - 1)]
+            proc.sent -= len(back)
+            for b in back:
+                b.solo = True
+                b.batch = 0
+            waiting.extendleft(reversed(back))
+            if not sent:
+                with proc.lock:
+                    proc.current = 0
             return
         now = perf_counter()
         if proc.calls:  # (not a fresh process's first call: its start-up)

@@ -144,3 +144,10 @@ def runs(path):
             return [line.strip() for line in f]
     except FileNotFoundError:
         return []
+
+
+class Unloadable:
+    """Pickles in the parent, fails to unpickle in a worker (raises KeyError there)."""
+
+    def __reduce__(self):
+        return (boom, ("cannot load me",))

@@ -468,6 +468,44 @@ def test_timed_shutdown_with_pipelined_calls(pipelined, tmp_path):
     check_invariant(s)
 
 
+def test_pipelined_batch_that_cannot_be_loaded(procpool, pipelined, tmp_path):
+    # A batch goes in one pickle; a call in it that the worker cannot unpickle fails
+    # alone (as when sent on its own), the others run once.
+    gate = Gate(tmp_path)
+    log = str(tmp_path / "log")
+    pool = procpool(1)
+    held = _hold(pool, gate)
+    before = [pool.submit(ps.record, log, i) for i in range(5)]
+    bad = pool.submit(ps.record, log, ps.Unloadable())
+    after = [pool.submit(ps.record, log, i) for i in range(5, 10)]
+    gate.open()
+    held.result(PROMPT)
+    with pytest.raises(KeyError, match="cannot load me"):
+        bad.result(PROMPT)
+    assert [f.result(PROMPT) for f in before + after] == list(range(10))
+    assert sorted(map(int, ps.runs(log))) == list(range(10))
+    s = pool.stats()
+    assert (s.succeeded, s.failed) == (3 + 1 + 10, 1)
+    check_invariant(s)
+
+
+def test_pipelined_call_that_cannot_be_pickled(procpool, pipelined, tmp_path, monkeypatch):
+    gate = Gate(tmp_path)
+    log = str(tmp_path / "log")
+    monkeypatch.setattr(_procbackend, "_cloudpickle", None)
+    pool = procpool(1)
+    held = _hold(pool, gate)
+    before = [pool.submit(ps.record, log, i) for i in range(5)]
+    bad = pool.submit(ps.record, log, lambda: 1)
+    after = [pool.submit(ps.record, log, i) for i in range(5, 10)]
+    gate.open()
+    held.result(PROMPT)
+    with pytest.raises(TypeError, match="cannot pickle"):
+        bad.result(PROMPT)
+    assert [f.result(PROMPT) for f in before + after] == list(range(10))
+    assert sorted(map(int, ps.runs(log))) == list(range(10))
+
+
 def test_max_tasks_per_child_pipelined(procpool, pipelined, tmp_path):
     gate = Gate(tmp_path)
     pool = procpool(1, backend=ProcessBackend(max_tasks_per_child=3))
