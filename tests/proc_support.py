@@ -151,3 +151,7 @@ class Unloadable:
 
     def __reduce__(self):
         return (boom, ("cannot load me",))
+
+
+def blob(n, fill=b"x"):
+    return fill * n

@@ -506,6 +506,20 @@ def test_pipelined_call_that_cannot_be_pickled(procpool, pipelined, tmp_path, mo
     assert sorted(map(int, ps.runs(log))) == list(range(10))
 
 
+def test_pipelined_answers_large_and_small(procpool, pipelined, tmp_path):
+    # Answers are read in bulk and split: small ones many to a read, large ones (more
+    # than a pipe holds) over many reads.
+    gate = Gate(tmp_path)
+    pool = procpool(1)
+    held = _hold(pool, gate)
+    sizes = [1, 300_000, 5, 70_000, 16_385, 0, 3, 1 << 20, 2] * 3
+    fs = [pool.submit(ps.blob, n, bytes([65 + i % 26])) for i, n in enumerate(sizes)]
+    gate.open()
+    held.result(PROMPT)
+    for i, (f, n) in enumerate(zip(fs, sizes)):
+        assert f.result(PROMPT) == bytes([65 + i % 26]) * n
+
+
 def test_max_tasks_per_child_pipelined(procpool, pipelined, tmp_path):
     gate = Gate(tmp_path)
     pool = procpool(1, backend=ProcessBackend(max_tasks_per_child=3))
