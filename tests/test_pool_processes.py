@@ -420,25 +420,29 @@ def test_deadline_task_is_never_pipelined(procpool, pipelined, tmp_path):
 def test_token_cancelled_before_its_call_is_sent(procpool, pipelined, tmp_path):
     # Taken by the dispatcher, waiting for the call ahead: its token is cancelled, so
     # it never runs, and the process is not killed for it.
-    gate = Gate(tmp_path)
+    (tmp_path / "1").mkdir()
+    (tmp_path / "2").mkdir()
+    gate, ahead = Gate(tmp_path / "1"), Gate(tmp_path / "2")
     log = str(tmp_path / "log")
     pool = procpool(1)
-    assert [pool.submit(ps.square, i).result(PROMPT) for i in range(3)] == [0, 1, 4]
+    held = _hold(pool, gate)
     token = CancelToken()
-    held = pool.submit(ps.gated, *gate.args())
+    first = pool.submit(ps.gated, *ahead.args())
     f = pool.schedule(ps.record, (log, "no"), token=token)
-    gate.wait_started(1)
-    wait_until(lambda: pool.stats().running == 2, what="both in the dispatcher's hands")
-    token.cancel("changed my mind")
     gate.open()
     held.result(PROMPT)
+    ahead.wait_started(1)
+    wait_until(lambda: pool.stats().running == 2, what="both in the dispatcher's hands")
+    token.cancel("changed my mind")
+    ahead.open()
+    first.result(PROMPT)
     with pytest.raises(CancelledError):
         f.result(PROMPT)
     assert pool.join(PROMPT)
     assert ps.runs(log) == []
-    assert pool.submit(ps.pid).result(PROMPT) == gate.pids()[0]  # the same process
+    assert pool.submit(ps.pid).result(PROMPT) == ahead.pids()[0]  # the same process
     s = pool.stats()
-    assert (s.succeeded, s.cancelled) == (3 + 1 + 1, 1)
+    assert (s.succeeded, s.cancelled) == (3 + 2 + 1, 1)
     check_invariant(s)
 
 
