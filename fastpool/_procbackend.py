@@ -364,7 +364,7 @@ class _Slot:
     """Held by a dispatcher thread (threading.local): released with the thread, which
     closes the process it owns. (Its finalizer holds `cell`, not the slot.)"""
 
-    __slots__ = ("cell", "depth", "per_call", "last", "__weakref__")
+    __slots__ = ("cell", "depth", "per_call", "last", "fn", "__weakref__")
 
     def __init__(self) -> None:
         self.cell: list[_Proc | None] = [None]
@@ -374,6 +374,15 @@ class _Slot:
         self.depth = 1
         self.per_call = 0.0
         self.last = 0.0
+        # The function those calls ran: a call of another one is not queued behind them
+        # (nor others behind it) till its own time is known.
+        self.fn: Any = None
+
+
+def _barrier(e: _Entry, slot: _Slot) -> bool:
+    """True if `e` must not be queued behind the calls in flight, nor others behind it:
+    it has its own token, or is a call of another function than theirs."""
+    return e.own or e.task.fn != slot.fn
 
 
 class _Entry:
@@ -521,7 +530,9 @@ class ProcessBackend:
         A task with its own token or deadline is sent alone: nothing is queued behind it
         in its process (a token that stops it kills that process) and it is not queued
         behind others (it runs when it is sent). The other tasks are governed by the
-        pool's token (hooks.pool_token) alone. A process that dies fails the call it
+        pool's token (hooks.pool_token) alone. A call of another function than the last
+        ones waits for them, and goes first (the pipeline depth is measured anew): a slow
+        function's calls are not taken in numbers on a quick one's measure. A process that dies fails the call it
         was running; the calls sent behind it never started: they go to a fresh one."""
         slot = self._mine()
         pool_token: CancelToken = hooks.pool_token
@@ -536,8 +547,10 @@ class ProcessBackend:
             while waiting or sent:
                 depth = slot.depth
                 if (depth > 1 and len(waiting) + len(sent) <= depth // 2
-                        and not (waiting and waiting[-1].own) and not (sent and sent[-1].own)):
-                    self._take(hooks, pool_token, waiting, depth - len(waiting) - len(sent))
+                        and not (waiting and _barrier(waiting[-1], slot))
+                        and not (sent and sent[-1].own)):
+                    self._take(slot, hooks, pool_token, waiting,
+                               depth - len(waiting) - len(sent))
                 if waiting:
                     self._send_ready(slot, waiting, sent, hooks, plain_id, plain_hook,
                                      pool_token)
@@ -558,9 +571,10 @@ class ProcessBackend:
             if plain_hook:
                 pool_token.remove_callback(plain_hook[0])
 
-    def _take(self, hooks: Any, pool_token: CancelToken, waiting: deque[_Entry],
-              n: int) -> None:
-        # Up to n more queued tasks for this process; stop after one of its own token.
+    def _take(self, slot: _Slot, hooks: Any, pool_token: CancelToken,
+              waiting: deque[_Entry], n: int) -> None:
+        # Up to n more queued tasks for this process; stop after one that must go alone
+        # or first (_barrier).
         for _ in range(n):
             task = hooks.take_next()
             if task is None:
@@ -570,8 +584,9 @@ class ProcessBackend:
                 continue  # not to run (cancelled, settled by its deadline, handed back)
             run_token, t0 = started
             own = run_token is not None
-            waiting.append(_Entry(task, run_token if own else pool_token, own, t0))
-            if own:
+            e = _Entry(task, run_token if own else pool_token, own, t0)
+            waiting.append(e)
+            if _barrier(e, slot):
                 return
 
     def _send_ready(self, slot: _Slot, waiting: deque[_Entry], sent: deque[_Entry],
@@ -590,7 +605,7 @@ class ProcessBackend:
                 break
             waiting.popleft()
             hooks.finish(e.task, e.t0, False, err)
-        if not waiting or (sent and (sent[-1].own or waiting[0].own)):
+        if not waiting or (sent and (sent[-1].own or _barrier(waiting[0], slot))):
             return
         proc = slot.cell[0]
         limit = self.max_tasks_per_child
@@ -612,7 +627,8 @@ class ProcessBackend:
         solo = waiting[0].solo
         while waiting and len(batch) < room:
             e = waiting[0]
-            if batch and (e.own or batch[-1].own or e.solo != solo):
+            if batch and (e.own or batch[-1].own or e.solo != solo
+                          or e.task.fn != batch[0].task.fn):
                 break
             batch.append(waiting.popleft())
         payload = None
@@ -657,6 +673,12 @@ class ProcessBackend:
         now = perf_counter()
         for e in batch:
             e.sent_at = now
+        fn = batch[0].task.fn
+        if fn != slot.fn:
+            # Another function: its time per call is not known yet.
+            slot.fn = fn
+            slot.depth = 1
+            slot.per_call = 0.0
         proc.sent += len(batch)
         sent.extend(batch)
         head = batch[0]

@@ -155,3 +155,22 @@ class Unloadable:
 
 def blob(n, fill=b"x"):
     return fill * n
+
+
+def act(log, value, do=None, *args):
+    """One function for the pipelining tests (a dispatcher pipelines the calls of one
+    function): do nothing, record `value` in `log`, or, by `do`: "gate" (args: gate,
+    started), "die", "die_once" (args: counter), "sleep" (args: seconds), "sleep_pid" (the same, returns the pid), "pid"."""
+    if do == "gate":
+        return gated(args[0], value, args[1])
+    if do == "die":
+        os._exit(7)
+    if do == "die_once":
+        return die_once(args[0], value)
+    if do == "sleep":
+        return sleep(args[0], value)
+    if do == "sleep_pid":
+        return sleep(args[0], os.getpid())
+    if do == "pid":
+        return os.getpid()
+    return value if log is None else record(log, value)

@@ -337,19 +337,20 @@ def test_crash_is_retried_then_dead_lettered(procpool, tmp_path):
 
 
 # -- pipelining: a dispatcher sends quick calls before the answers of those ahead ----------
+# Calls of one function are pipelined: these tests run ps.act, which does what each needs.
 
 @pytest.fixture
 def pipelined(monkeypatch):
-    """Calls pipelined as deep as they go (64), however long they take: after a
-    process's first two answers, a dispatcher sends what is queued in one batch."""
+    """Calls pipelined as deep as they go (256), however long they take: once a call's
+    time is known, a dispatcher sends what is queued in one batch."""
     monkeypatch.setattr(_procbackend, "_PIPELINE_BUDGET", 1e9)
 
 
 def _hold(pool, gate):
-    """Warm the pool's one dispatcher (its depth is known after two answers), then hold
-    it on a gated call: what is submitted meanwhile goes out in one batch after it."""
-    assert [pool.submit(ps.square, i).result(PROMPT) for i in range(3)] == [0, 1, 4]
-    held = pool.submit(ps.gated, *gate.args())
+    """Warm the pool's one dispatcher on ps.act, then hold it on a gated act call: the
+    act calls submitted meanwhile go out in one batch after it."""
+    assert [pool.submit(ps.act, None, i).result(PROMPT) for i in range(3)] == [0, 1, 2]
+    held = pool.submit(ps.act, None, "held", "gate", gate.path, str(gate.started))
     gate.wait_started(1)
     return held
 
@@ -361,9 +362,10 @@ def test_pipelined_crash_fails_only_its_call(procpool, pipelined, tmp_path):
     log = str(tmp_path / "log")
     pool = procpool(1)
     held = _hold(pool, gate)
-    before = [pool.submit(ps.record, log, i) for i in range(10)]
-    crash = pool.submit(ps.die, 7)
-    after = [pool.submit(ps.record, log, i) for i in range(10, 20)]
+    before = [pool.submit(ps.act, log, i) for i in range(10)]
+    crash = pool.submit(ps.act, log, "x", "die")
+    after = [pool.submit(ps.act, log, i) for i in range(10, 20)]
+    wait_until(lambda: pool.stats().queued == 21)
     gate.open()
     held.result(PROMPT)
     with pytest.raises(WorkerCrashed, match="exit code 7"):
@@ -381,9 +383,9 @@ def test_pipelined_crash_is_retried(procpool, pipelined, tmp_path):
     log = str(tmp_path / "log")
     pool = procpool(1, retry=Retry(attempts=2, backoff=0))
     held = _hold(pool, gate)
-    fs = [pool.submit(ps.record, log, i) for i in range(5)]
-    crash = pool.submit(ps.die_once, str(tmp_path / "c"), "ok")
-    fs += [pool.submit(ps.record, log, i) for i in range(5, 10)]
+    fs = [pool.submit(ps.act, log, i) for i in range(5)]
+    crash = pool.submit(ps.act, log, "ok", "die_once", str(tmp_path / "c"))
+    fs += [pool.submit(ps.act, log, i) for i in range(5, 10)]
     gate.open()
     held.result(PROMPT)
     assert crash.result(PROMPT) == "ok"
@@ -402,9 +404,9 @@ def test_deadline_task_is_never_pipelined(procpool, pipelined, tmp_path):
     log = str(tmp_path / "log")
     pool = procpool(1)
     held = _hold(pool, gate)
-    before = [pool.submit(ps.record, log, i) for i in range(5)]
-    stuck = pool.schedule(ps.sleep, (60,), deadline=1.0)
-    after = [pool.submit(ps.record, log, i) for i in range(5, 10)]
+    before = [pool.submit(ps.act, log, i) for i in range(5)]
+    stuck = pool.schedule(ps.act, (log, "x", "sleep", 60), deadline=1.0)
+    after = [pool.submit(ps.act, log, i) for i in range(5, 10)]
     gate.open()
     held.result(PROMPT)
     with pytest.raises(DeadlineExceeded):
@@ -427,8 +429,8 @@ def test_token_cancelled_before_its_call_is_sent(procpool, pipelined, tmp_path):
     pool = procpool(1)
     held = _hold(pool, gate)
     token = CancelToken()
-    first = pool.submit(ps.gated, *ahead.args())
-    f = pool.schedule(ps.record, (log, "no"), token=token)
+    first = pool.submit(ps.act, None, "a", "gate", ahead.path, str(ahead.started))
+    f = pool.schedule(ps.act, (log, "no"), token=token)
     gate.open()
     held.result(PROMPT)
     ahead.wait_started(1)
@@ -453,8 +455,8 @@ def test_timed_shutdown_with_pipelined_calls(pipelined, tmp_path):
     log = str(tmp_path / "log")
     pool = Pool(1, backend="processes")
     held = _hold(pool, gate)
-    stuck = pool.submit(ps.sleep, 60)
-    behind = [pool.submit(ps.record, log, i) for i in range(10)]
+    stuck = pool.submit(ps.act, log, "x", "sleep", 60)
+    behind = [pool.submit(ps.act, log, i) for i in range(10)]
     gate.open()
     held.result(PROMPT)
     wait_until(lambda: pool.stats().running == 11, what="the batch to be sent")
@@ -479,9 +481,9 @@ def test_pipelined_batch_that_cannot_be_loaded(procpool, pipelined, tmp_path):
     log = str(tmp_path / "log")
     pool = procpool(1)
     held = _hold(pool, gate)
-    before = [pool.submit(ps.record, log, i) for i in range(5)]
-    bad = pool.submit(ps.record, log, ps.Unloadable())
-    after = [pool.submit(ps.record, log, i) for i in range(5, 10)]
+    before = [pool.submit(ps.act, log, i) for i in range(5)]
+    bad = pool.submit(ps.act, log, ps.Unloadable())
+    after = [pool.submit(ps.act, log, i) for i in range(5, 10)]
     gate.open()
     held.result(PROMPT)
     with pytest.raises(KeyError, match="cannot load me"):
@@ -499,9 +501,9 @@ def test_pipelined_call_that_cannot_be_pickled(procpool, pipelined, tmp_path, mo
     monkeypatch.setattr(_procbackend, "_cloudpickle", None)
     pool = procpool(1)
     held = _hold(pool, gate)
-    before = [pool.submit(ps.record, log, i) for i in range(5)]
-    bad = pool.submit(ps.record, log, lambda: 1)
-    after = [pool.submit(ps.record, log, i) for i in range(5, 10)]
+    before = [pool.submit(ps.act, log, i) for i in range(5)]
+    bad = pool.submit(ps.act, log, lambda: 1)
+    after = [pool.submit(ps.act, log, i) for i in range(5, 10)]
     gate.open()
     held.result(PROMPT)
     with pytest.raises(TypeError, match="cannot pickle"):
@@ -517,25 +519,39 @@ def test_pipelined_answers_large_and_small(procpool, pipelined, tmp_path):
     pool = procpool(1)
     held = _hold(pool, gate)
     sizes = [1, 300_000, 5, 70_000, 16_385, 0, 3, 1 << 20, 2] * 3
-    fs = [pool.submit(ps.blob, n, bytes([65 + i % 26])) for i, n in enumerate(sizes)]
+    values = [bytes([65 + i % 26]) * n for i, n in enumerate(sizes)]
+    fs = [pool.submit(ps.act, None, v) for v in values]
     gate.open()
     held.result(PROMPT)
-    for i, (f, n) in enumerate(zip(fs, sizes)):
-        assert f.result(PROMPT) == bytes([65 + i % 26]) * n
+    for f, v in zip(fs, values):
+        assert f.result(PROMPT) == v
 
 
 def test_max_tasks_per_child_pipelined(procpool, pipelined, tmp_path):
     gate = Gate(tmp_path)
     pool = procpool(1, backend=ProcessBackend(max_tasks_per_child=3))
     held = _hold(pool, gate)
-    fs = [pool.submit(ps.pid) for _ in range(20)]
+    fs = [pool.submit(ps.act, None, i, "pid") for i in range(20)]
     gate.open()
     held.result(PROMPT)
     pids = [f.result(PROMPT) for f in fs]
-    # The first process ran 3 squares and the gated call (its 4th: max 3, so the gated
-    # one went to a second process); no process runs more than 3.
     assert max(pids.count(p) for p in set(pids)) <= 3
     assert len(set(pids)) >= 7
+
+
+def test_another_function_is_not_taken_on_a_quick_ones_measure(procpool):
+    # Dispatchers pipeline many quick calls; the first call of another function waits
+    # for them and goes alone, till its own time is known: a slow function's calls are
+    # not taken in numbers by one dispatcher on the quick one's measure while the other
+    # process idles.
+    pool = procpool(2)
+    for _ in range(3):
+        assert [f.result(PROMPT) for f in [pool.submit(ps.square, i) for i in range(300)]] \
+            == [i * i for i in range(300)]
+    pids = [f.result(PROMPT) for f in [pool.submit(ps.act, None, i, "sleep_pid", 0.3)
+                                       for i in range(6)]]
+    counts = sorted(pids.count(p) for p in set(pids))
+    assert counts in ([3, 3], [2, 4]), counts  # (5 and 1: taken on the quick measure)
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs SIGUSR1")
