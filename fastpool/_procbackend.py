@@ -536,9 +536,8 @@ class ProcessBackend:
         was running; the calls sent behind it never started: they go to a fresh one."""
         slot = self._mine()
         pool_token: CancelToken = hooks.pool_token
-        own = run_token is not None
-        waiting: deque[_Entry] = deque([_Entry(first, run_token if own else pool_token,
-                                               own, t0)])
+        waiting: deque[_Entry] = deque([_Entry(first, pool_token if run_token is None
+                                               else run_token, run_token is not None, t0)])
         sent: deque[_Entry] = deque()
         # The pool's token stops the process while plain calls are in flight in it.
         plain_id = next(self._ids)
@@ -583,8 +582,8 @@ class ProcessBackend:
             if started is None:
                 continue  # not to run (cancelled, settled by its deadline, handed back)
             run_token, t0 = started
-            own = run_token is not None
-            e = _Entry(task, run_token if own else pool_token, own, t0)
+            e = _Entry(task, pool_token if run_token is None else run_token,
+                       run_token is not None, t0)
             waiting.append(e)
             if _barrier(e, slot):
                 return
