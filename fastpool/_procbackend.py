@@ -4,8 +4,13 @@ The Pool stays local, as with the Dask backend (fastpool/_dask.py): the queue an
 backpressure, retries and their timer, dead letters, tokens and deadlines, stats,
 shutdown reports and signals. Its worker threads become dispatchers, and each one owns
 one worker process (started on its first call, by the platform's safe start method):
-`call` sends the pickled call down that process's pipe and waits for the answer or for
-the task's governing token. What only a process allows:
+`serve` sends the pickled call down that process's pipe and waits for the answer or for
+the task's governing token. Quick calls are pipelined: the dispatcher takes more queued
+tasks and sends them in batches (one pickle, one write) before the answers of those ahead
+come back (read in bulk), keeping about _PIPELINE_BUDGET s of calls in its process; the
+worker sends each answer before it starts the next call, so the parent always knows
+which call a dead process was running and that those behind it never started.
+What only a process allows:
 
 - a cancelled token (a deadline, a timed-out shutdown, the caller's token) *stops* the
   call: the dispatcher terminates its process (SIGTERM, SIGKILL after `grace` s) and the
