@@ -583,7 +583,11 @@ class ProcessBackend:
             task = hooks.take_next()
             if task is None:
                 return
-            started = hooks.start(task)
+            try:
+                started = hooks.start(task)
+            except BaseException as exc:
+                hooks.rescue(task, exc)  # as the worker loop would (run_with_options)
+                continue
             if started is None:
                 continue  # not to run (cancelled, settled by its deadline, handed back)
             run_token, t0 = started

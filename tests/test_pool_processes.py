@@ -527,6 +527,36 @@ def test_pipelined_answers_large_and_small(procpool, pipelined, tmp_path):
         assert f.result(PROMPT) == v
 
 
+def test_pipelined_task_whose_start_fails(procpool, pipelined, tmp_path, monkeypatch):
+    # An error in the pool's own start of a task a dispatcher took to pipeline fails
+    # that task (as the worker loop would), and nothing else.
+    from fastpool.pool._outcomes import Outcomes
+    start = Outcomes.start
+
+    def failing_start(self, task):
+        if task.args[1:2] == ("bad",):
+            raise RuntimeError("start failed")
+        return start(self, task)
+
+    monkeypatch.setattr(Outcomes, "start", failing_start)
+    gate = Gate(tmp_path)
+    log = str(tmp_path / "log")
+    pool = procpool(1)
+    held = _hold(pool, gate)
+    fs = [pool.submit(ps.act, log, i) for i in range(5)]
+    bad = pool.submit(ps.act, log, "bad")
+    fs += [pool.submit(ps.act, log, i) for i in range(5, 10)]
+    gate.open()
+    held.result(PROMPT)
+    with pytest.raises(RuntimeError, match="start failed"):
+        bad.result(PROMPT)
+    assert [f.result(PROMPT) for f in fs] == list(range(10))
+    assert pool.join(PROMPT)
+    s = pool.stats()
+    assert (s.succeeded, s.failed) == (3 + 1 + 10, 1)
+    check_invariant(s)
+
+
 def test_max_tasks_per_child_pipelined(procpool, pipelined, tmp_path):
     gate = Gate(tmp_path)
     pool = procpool(1, backend=ProcessBackend(max_tasks_per_child=3))

@@ -154,6 +154,11 @@ class Outcomes:
         else:
             self.task_failed(task, value)
 
+    def rescue(self, task: PoolTask, exc: BaseException) -> None:
+        """start() raised for a task a backend took (take_next): fail it, as
+        run_with_options does."""
+        self._rescue(task, exc, N_RUNNING)
+
     @property
     def pool_token(self) -> CancelToken:
         """The pool's token: it governs every task that has no token of its own."""
