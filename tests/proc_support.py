@@ -125,3 +125,52 @@ def descendants(root):
             out.append(child)
             todo.append(child)
     return sorted(out)
+
+
+def record(path, value):
+    """Append `value` to the file `path` (one line per run: how often it ran), return it."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{value}\n".encode())
+    finally:
+        os.close(fd)
+    return value
+
+
+def runs(path):
+    """The values record() appended to `path`, in order."""
+    try:
+        with open(path) as f:
+            return [line.strip() for line in f]
+    except FileNotFoundError:
+        return []
+
+
+class Unloadable:
+    """Pickles in the parent, fails to unpickle in a worker (raises KeyError there)."""
+
+    def __reduce__(self):
+        return (boom, ("cannot load me",))
+
+
+def blob(n, fill=b"x"):
+    return fill * n
+
+
+def act(log, value, do=None, *args):
+    """One function for the pipelining tests (a dispatcher pipelines the calls of one
+    function): do nothing, record `value` in `log`, or, by `do`: "gate" (args: gate,
+    started), "die", "die_once" (args: counter), "sleep" (args: seconds), "sleep_pid" (the same, returns the pid), "pid"."""
+    if do == "gate":
+        return gated(args[0], value, args[1])
+    if do == "die":
+        os._exit(7)
+    if do == "die_once":
+        return die_once(args[0], value)
+    if do == "sleep":
+        return sleep(args[0], value)
+    if do == "sleep_pid":
+        return sleep(args[0], os.getpid())
+    if do == "pid":
+        return os.getpid()
+    return value if log is None else record(log, value)

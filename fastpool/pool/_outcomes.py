@@ -14,6 +14,7 @@ from concurrent.futures import CancelledError, _base
 from time import monotonic, time
 from typing import Any, Callable
 
+from .._pick_core import core
 from .._states import (N_CANCELLED, N_DEAD_LETTERED, N_FAILED, N_NOT_STARTED, N_QUEUED,
                        N_RETRIED, N_RETRYING, N_RUNNING, N_SUCCEEDED, PUT_FULL, PUT_OK,
                        TASK_ABANDONED, TASK_DONE, TASK_OVERDUE, TASK_QUEUED, TASK_RETRY,
@@ -70,9 +71,45 @@ class Outcomes:
             self._rescue(task, exc, N_RUNNING)
 
     def _run_options(self, task: PoolTask) -> None:
-        # Tokens, deadlines, contexts: a deadline may settle the task from the timer
-        # thread at any moment, so every step checks the state under the lock.
-        # (`opts` is None only for a plain task on a backend.)
+        started = self.start(task)
+        if started is None:
+            return
+        run_token, t0 = started
+        backend = self.backend
+        if backend is not None and hasattr(backend, "serve"):
+            # Worker processes: the backend runs it, and more queued tasks pipelined
+            # behind it while calls are quick (start, finish, take_next).
+            backend.serve(task, run_token, t0, self)
+            return
+        prev = getattr(_local, "current", None)
+        if run_token is not None:
+            _local.current = run_token
+        try:
+            if backend is not None:
+                # Remote code cannot see current_token(): the backend watches the token
+                # that governs the task and cancels the remote call with it.
+                result = backend.call(task.fn, task.args, task.kwargs,
+                                      self._state.token if run_token is None else run_token)
+            elif task.opts is not None and task.opts.ctx is not None:
+                result = task.opts.ctx.run(task.fn, *task.args, **task.kwargs)
+            else:
+                result = task.fn(*task.args, **task.kwargs)
+        except BaseException as exc:
+            if run_token is not None:
+                _local.current = prev
+            self.finish(task, t0, False, exc)
+            return
+        if run_token is not None:
+            _local.current = prev
+        self.finish(task, t0, True, result)
+
+    def start(self, task: PoolTask) -> tuple[CancelToken | None, float] | None:
+        """Start a task a worker took: None if it is not to run (settled meanwhile,
+        cancelled, handed back), else its own run token (None: only the pool's token
+        governs it) and its start time for the latency samples (0: not sampled).
+        Tokens, deadlines, contexts: a deadline may settle the task from the timer
+        thread at any moment, so every step checks the state under the lock.
+        (`opts` is None only for a plain task on a backend.)"""
         st = self._state
         fut = task.future
         opts = task.opts
@@ -84,7 +121,7 @@ class Outcomes:
             self.pacer.wait_turn(fut, st.stop)
         with st.lock:
             if task.state != TASK_QUEUED:
-                return  # settled while it waited (deadline)
+                return None  # settled while it waited (deadline)
             run = not ledger.collecting and fut.set_running_or_notify_cancel()
             if run:
                 task.state = TASK_RUNNING
@@ -93,10 +130,8 @@ class Outcomes:
                 abandoned = self._count_not_run_locked(task, False)
         if not run:
             self._drop(task, abandoned)
-            return
-        t_queued = task.t_queued
-        if t_queued:
-            t0 = clock()
+            return None
+        t0 = clock() if task.t_queued else 0.0
         run_token = None
         if opts is not None and (token is not None or opts.deadline is not None):
             if opts.token_hook is not None:
@@ -108,31 +143,42 @@ class Outcomes:
             if opts.deadline is not None and opts.deadline_timer is None:
                 opts.deadline_timer = self.timer.call_at(monotonic() + opts.deadline,
                                                          self.deadline_due, task)
-        prev = getattr(_local, "current", None)
-        if run_token is not None:
-            _local.current = run_token
+        return run_token, t0
+
+    def finish(self, task: PoolTask, t0: float, ok: bool, value: Any) -> None:
+        """A started task's call is over: it returned `value` (ok) or raised it."""
+        if t0:
+            self._state.ledger.sample(t0 - task.t_queued, clock() - t0)
+        if ok:
+            self._task_succeeded(task, value)
+        else:
+            self.task_failed(task, value)
+
+    def rescue(self, task: PoolTask, exc: BaseException) -> None:
+        """start() raised for a task a backend took (take_next): fail it, as
+        run_with_options does."""
+        self._rescue(task, exc, N_RUNNING)
+
+    @property
+    def pool_token(self) -> CancelToken:
+        """The pool's token: it governs every task that has no token of its own."""
+        return self._state.token
+
+    def take_next(self) -> PoolTask | None:
+        """A queued task for a worker that already runs one (a process backend's
+        dispatcher pipelining calls), or None: none queued beyond what the idle
+        workers will take, or the pool is rate-limited."""
+        st = self._state
+        q = st.queue
+        if self.pacer is not None or len(q) <= q.idle_workers:
+            return None
         try:
-            if self.backend is not None:
-                # Remote code cannot see current_token(): the backend watches the token
-                # that governs the task and cancels the remote call with it.
-                result = self.backend.call(task.fn, task.args, task.kwargs,
-                                            st.token if run_token is None else run_token)
-            elif opts is not None and opts.ctx is not None:
-                result = opts.ctx.run(task.fn, *task.args, **task.kwargs)
-            else:
-                result = task.fn(*task.args, **task.kwargs)
-        except BaseException as exc:
-            if run_token is not None:
-                _local.current = prev
-            if t_queued:
-                ledger.sample(t0 - t_queued, clock() - t0)
-            self.task_failed(task, exc)
-            return
-        if run_token is not None:
-            _local.current = prev
-        if t_queued:
-            ledger.sample(t0 - t_queued, clock() - t0)
-        self._task_succeeded(task, result)
+            task = q.get_nowait()
+        except (core.QueueEmpty, core.QueueClosed):
+            return None
+        if st.ledger.room_waiters:
+            self._room_made()  # taking this task made room in the queue
+        return task  # type: ignore[no-any-return]
 
     def not_run(self, task: PoolTask, started: bool) -> None:
         """A queued task a worker took does not run: its caller cancelled it, or

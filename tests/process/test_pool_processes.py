@@ -336,6 +336,261 @@ def test_crash_is_retried_then_dead_lettered(procpool, tmp_path):
     assert pool.submit(ps.square, 4).result(PROMPT) == 16
 
 
+# -- pipelining: a dispatcher sends quick calls before the answers of those ahead ----------
+# Calls of one function are pipelined: these tests run ps.act, which does what each needs.
+
+@pytest.fixture
+def pipelined(monkeypatch):
+    """Calls pipelined as deep as they go (256), however long they take: once a call's
+    time is known, a dispatcher sends what is queued in one batch."""
+    monkeypatch.setattr(_procbackend, "_PIPELINE_BUDGET", 1e9)
+
+
+def _hold(pool, gate):
+    """Warm the pool's one dispatcher on ps.act, then hold it on a gated act call: the
+    act calls submitted meanwhile go out in one batch after it."""
+    assert [pool.submit(ps.act, None, i).result(PROMPT) for i in range(3)] == [0, 1, 2]
+    held = pool.submit(ps.act, None, "held", "gate", gate.path, str(gate.started))
+    gate.wait_started(1)
+    return held
+
+
+def test_pipelined_crash_fails_only_its_call(procpool, pipelined, tmp_path):
+    # The calls sent behind the one that crashed never started: a fresh process runs
+    # them, each exactly once.
+    gate = Gate(tmp_path)
+    log = str(tmp_path / "log")
+    pool = procpool(1)
+    held = _hold(pool, gate)
+    before = [pool.submit(ps.act, log, i) for i in range(10)]
+    crash = pool.submit(ps.act, log, "x", "die")
+    after = [pool.submit(ps.act, log, i) for i in range(10, 20)]
+    wait_until(lambda: pool.stats().queued == 21)
+    gate.open()
+    held.result(PROMPT)
+    with pytest.raises(WorkerCrashed, match="exit code 7"):
+        crash.result(PROMPT)
+    assert [f.result(PROMPT) for f in before + after] == list(range(20))
+    assert sorted(map(int, ps.runs(log))) == list(range(20))  # each ran once
+    assert pool.join(PROMPT)
+    s = pool.stats()
+    assert (s.succeeded, s.failed) == (3 + 1 + 20, 1)
+    check_invariant(s)
+
+
+def test_pipelined_crash_is_retried(procpool, pipelined, tmp_path):
+    gate = Gate(tmp_path)
+    log = str(tmp_path / "log")
+    pool = procpool(1, retry=Retry(attempts=2, backoff=0))
+    held = _hold(pool, gate)
+    fs = [pool.submit(ps.act, log, i) for i in range(5)]
+    crash = pool.submit(ps.act, log, "ok", "die_once", str(tmp_path / "c"))
+    fs += [pool.submit(ps.act, log, i) for i in range(5, 10)]
+    gate.open()
+    held.result(PROMPT)
+    assert crash.result(PROMPT) == "ok"
+    assert [f.result(PROMPT) for f in fs] == list(range(10))
+    assert sorted(map(int, ps.runs(log))) == list(range(10))
+    assert pool.join(PROMPT)
+    s = pool.stats()
+    assert (s.succeeded, s.failed, s.retried, s.dead_lettered) == (3 + 1 + 11, 0, 1, 0)
+    check_invariant(s)
+
+
+def test_deadline_task_is_never_pipelined(procpool, pipelined, tmp_path):
+    # A task with a deadline waits for the calls ahead of it to finish, runs alone in
+    # its process, and its deadline kills only it: the calls queued after it run once.
+    gate = Gate(tmp_path)
+    log = str(tmp_path / "log")
+    pool = procpool(1)
+    held = _hold(pool, gate)
+    before = [pool.submit(ps.act, log, i) for i in range(5)]
+    stuck = pool.schedule(ps.act, (log, "x", "sleep", 60), deadline=1.0)
+    after = [pool.submit(ps.act, log, i) for i in range(5, 10)]
+    gate.open()
+    held.result(PROMPT)
+    with pytest.raises(DeadlineExceeded):
+        stuck.result(PROMPT)
+    assert [f.result(PROMPT) for f in before + after] == list(range(10))
+    assert sorted(map(int, ps.runs(log))) == list(range(10))
+    assert pool.join(PROMPT)
+    s = pool.stats()
+    assert (s.succeeded, s.failed) == (3 + 1 + 10, 1)
+    check_invariant(s)
+
+
+def test_token_cancelled_before_its_call_is_sent(procpool, pipelined, tmp_path):
+    # Taken by the dispatcher, waiting for the call ahead: its token is cancelled, so
+    # it never runs, and the process is not killed for it.
+    (tmp_path / "1").mkdir()
+    (tmp_path / "2").mkdir()
+    gate, ahead = Gate(tmp_path / "1"), Gate(tmp_path / "2")
+    log = str(tmp_path / "log")
+    pool = procpool(1)
+    held = _hold(pool, gate)
+    token = CancelToken()
+    first = pool.submit(ps.act, None, "a", "gate", ahead.path, str(ahead.started))
+    f = pool.schedule(ps.act, (log, "no"), token=token)
+    gate.open()
+    held.result(PROMPT)
+    ahead.wait_started(1)
+    wait_until(lambda: pool.stats().running == 2, what="both in the dispatcher's hands")
+    token.cancel("changed my mind")
+    ahead.open()
+    first.result(PROMPT)
+    with pytest.raises(CancelledError):
+        f.result(PROMPT)
+    assert pool.join(PROMPT)
+    assert ps.runs(log) == []
+    assert pool.submit(ps.pid).result(PROMPT) == ahead.pids()[0]  # the same process
+    s = pool.stats()
+    assert (s.succeeded, s.cancelled) == (3 + 2 + 1, 1)
+    check_invariant(s)
+
+
+def test_timed_shutdown_with_pipelined_calls(pipelined, tmp_path):
+    # Calls sent behind a stuck one are in a dispatcher's hands (reported still running);
+    # the killed process never started them: they end cancelled, each in one state.
+    gate = Gate(tmp_path)
+    log = str(tmp_path / "log")
+    pool = Pool(1, backend="processes")
+    held = _hold(pool, gate)
+    stuck = pool.submit(ps.act, log, "x", "sleep", 60)
+    behind = [pool.submit(ps.act, log, i) for i in range(10)]
+    gate.open()
+    held.result(PROMPT)
+    wait_until(lambda: pool.stats().running == 11, what="the batch to be sent")
+    report = pool.shutdown(timeout=1)
+    assert report.timed_out
+    assert report.completed + len(report.not_started) + len(report.still_running) == 3 + 1 + 11
+    assert {t.future for t in report.still_running} == {stuck, *behind}
+    for f in [stuck, *behind]:
+        with pytest.raises(CancelledError):
+            f.result(PROMPT)
+    assert ps.runs(log) == []
+    assert pool._outcomes.backend._procs == {}
+    s = pool.stats()
+    assert (s.succeeded, s.cancelled, s.running) == (4, 11, 0)
+    check_invariant(s)
+
+
+def test_pipelined_batch_that_cannot_be_loaded(procpool, pipelined, tmp_path):
+    # A batch goes in one pickle; a call in it that the worker cannot unpickle fails
+    # alone (as when sent on its own), the others run once.
+    gate = Gate(tmp_path)
+    log = str(tmp_path / "log")
+    pool = procpool(1)
+    held = _hold(pool, gate)
+    before = [pool.submit(ps.act, log, i) for i in range(5)]
+    bad = pool.submit(ps.act, log, ps.Unloadable())
+    after = [pool.submit(ps.act, log, i) for i in range(5, 10)]
+    gate.open()
+    held.result(PROMPT)
+    with pytest.raises(KeyError, match="cannot load me"):
+        bad.result(PROMPT)
+    assert [f.result(PROMPT) for f in before + after] == list(range(10))
+    assert sorted(map(int, ps.runs(log))) == list(range(10))
+    s = pool.stats()
+    assert (s.succeeded, s.failed) == (3 + 1 + 10, 1)
+    check_invariant(s)
+
+
+def test_pipelined_call_that_cannot_be_pickled(procpool, pipelined, tmp_path, monkeypatch):
+    gate = Gate(tmp_path)
+    log = str(tmp_path / "log")
+    monkeypatch.setattr(_procbackend, "_cloudpickle", None)
+    pool = procpool(1)
+    held = _hold(pool, gate)
+    before = [pool.submit(ps.act, log, i) for i in range(5)]
+    bad = pool.submit(ps.act, log, lambda: 1)
+    after = [pool.submit(ps.act, log, i) for i in range(5, 10)]
+    gate.open()
+    held.result(PROMPT)
+    with pytest.raises(TypeError, match="cannot pickle"):
+        bad.result(PROMPT)
+    assert [f.result(PROMPT) for f in before + after] == list(range(10))
+    assert sorted(map(int, ps.runs(log))) == list(range(10))
+
+
+def test_pipelined_answers_large_and_small(procpool, pipelined, tmp_path):
+    # Answers are read in bulk and split: small ones many to a read, large ones (more
+    # than a pipe holds) over many reads.
+    gate = Gate(tmp_path)
+    pool = procpool(1)
+    held = _hold(pool, gate)
+    sizes = [1, 300_000, 5, 70_000, 16_385, 0, 3, 1 << 20, 2] * 3
+    values = [bytes([65 + i % 26]) * n for i, n in enumerate(sizes)]
+    fs = [pool.submit(ps.act, None, v) for v in values]
+    gate.open()
+    held.result(PROMPT)
+    for f, v in zip(fs, values):
+        assert f.result(PROMPT) == v
+
+
+def test_pipelined_task_whose_start_fails(procpool, pipelined, tmp_path, monkeypatch):
+    # An error in the pool's own start of a task a dispatcher took to pipeline fails
+    # that task (as the worker loop would), and nothing else.
+    from fastpool.pool._outcomes import Outcomes
+    start = Outcomes.start
+
+    def failing_start(self, task):
+        if task.args[1:2] == ("bad",):
+            raise RuntimeError("start failed")
+        return start(self, task)
+
+    monkeypatch.setattr(Outcomes, "start", failing_start)
+    gate = Gate(tmp_path)
+    log = str(tmp_path / "log")
+    pool = procpool(1)
+    held = _hold(pool, gate)
+    fs = [pool.submit(ps.act, log, i) for i in range(5)]
+    bad = pool.submit(ps.act, log, "bad")
+    fs += [pool.submit(ps.act, log, i) for i in range(5, 10)]
+    gate.open()
+    held.result(PROMPT)
+    with pytest.raises(RuntimeError, match="start failed"):
+        bad.result(PROMPT)
+    assert [f.result(PROMPT) for f in fs] == list(range(10))
+    assert pool.join(PROMPT)
+    s = pool.stats()
+    assert (s.succeeded, s.failed) == (3 + 1 + 10, 1)
+    check_invariant(s)
+
+
+def test_max_tasks_per_child_pipelined(procpool, pipelined, tmp_path):
+    gate = Gate(tmp_path)
+    pool = procpool(1, backend=ProcessBackend(max_tasks_per_child=3))
+    held = _hold(pool, gate)
+    fs = [pool.submit(ps.act, None, i, "pid") for i in range(20)]
+    gate.open()
+    held.result(PROMPT)
+    pids = [f.result(PROMPT) for f in fs]
+    assert max(pids.count(p) for p in set(pids)) <= 3
+    assert len(set(pids)) >= 7
+
+
+def test_another_function_is_not_taken_on_a_quick_ones_measure(procpool, tmp_path):
+    # Dispatchers pipeline many quick calls; the first call of another function waits
+    # for them and goes alone, till its own time is known: a slow function's calls are
+    # not taken in numbers by one dispatcher on the quick one's measure while the other
+    # process idles.
+    gate = Gate(tmp_path)
+    pool = procpool(2)
+    # Both processes started (a start can take a second on a loaded machine).
+    held = [pool.submit(ps.gated, *gate.args()) for _ in range(2)]
+    gate.wait_started(2)
+    gate.open()
+    for f in held:
+        f.result(PROMPT)
+    for _ in range(3):
+        assert [f.result(PROMPT) for f in [pool.submit(ps.square, i) for i in range(300)]] \
+            == [i * i for i in range(300)]
+    pids = [f.result(PROMPT) for f in [pool.submit(ps.act, None, i, "sleep_pid", 0.3)
+                                       for i in range(6)]]
+    counts = sorted(pids.count(p) for p in set(pids))
+    assert counts in ([3, 3], [2, 4]), counts  # (5 and 1: taken on the quick measure)
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs SIGUSR1")
 def test_handle_signals(procpool, tmp_path):
     gate = Gate(tmp_path)
