@@ -97,21 +97,17 @@ def _shm() -> set[str]:
         return set()
 
 
-def _mapped_by_someone(names: set[str]) -> set[str]:
-    """Of these /dev/shm entries, the ones some process on the machine still maps: in
-    use (another test or program running beside this one -- CI runs two suites at
-    once), not leaked. A leaked entry is one nobody maps any more."""
-    found: set[str] = set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/maps") as f:
-                maps = f.read()
-        except OSError:
-            continue
-        found |= {n for n in names if "/dev/shm/" + n in maps}
-    return found
+# The child names its semaphores and shared memory with its own tag, so entries other
+# programs create in /dev/shm meanwhile (CI runs several suites at once, and some kill
+# their processes) are told apart from a leak of this one.
+TAG_NAMES = """
+import multiprocessing.process, multiprocessing.shared_memory, multiprocessing.synchronize
+TAG = f"fptest{os.getpid()}x"
+multiprocessing.process.current_process()._config["semprefix"] = "/mp-" + TAG
+multiprocessing.shared_memory._SHM_NAME_PREFIX = "/psm_" + TAG
+assert multiprocessing.synchronize.SemLock._make_name().startswith("/mp-" + TAG)
+print(TAG, flush=True)
+"""
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -120,8 +116,7 @@ def test_no_leaks_after_200_create_shutdown_cycles(method):
     a fresh interpreter: ~0.2 s apiece here): no process left behind (workers,
     or the stdlib's forkserver / resource tracker beyond the one each keeps), no new
     /dev/shm entry, no thread left, and no resource-tracker warning at exit."""
-    before = _shm()
-    proc = _popen(f"""
+    proc = _popen(TAG_NAMES + textwrap.dedent(f"""
         import multiprocessing as mp, os, threading, time
         from fastpool import ProcessPoolExecutor
         ctx = mp.get_context({method!r})
@@ -148,19 +143,13 @@ def test_no_leaks_after_200_create_shutdown_cycles(method):
         assert len(set(pids)) >= {20 if method == "spawn" else 200}, len(set(pids))
         assert set(threading.enumerate()) == threads, threading.enumerate()
         print(" ".join(map(str, pids)))
-        """)
+        """))
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert "resource_tracker" not in err and "leaked" not in err, err
     assert not err.strip(), err
-    pids = [int(p) for p in out.split()]
+    tag, *rest = out.split()
+    pids = [int(p) for p in rest]
     assert not _wait_gone(pids, 20)
-    # multiprocessing's names (shared_memory, semaphores); other programs' entries are
-    # not ours: one that goes away within a second, or that a process still maps, was
-    # another program's, in use.
-    new = {e for e in _shm() - before if e.startswith(("psm_", "sem.mp-", "mp-", "wnsm_"))}
-    if new:
-        time.sleep(1)
-        new &= _shm()
-        new -= _mapped_by_someone(new)
-    assert not new, new
+    # Semaphores (sem.mp-TAG...) and shared memory (psm_TAG...) the child made.
+    assert not {e for e in _shm() if tag in e}
