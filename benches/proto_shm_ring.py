@@ -233,6 +233,16 @@ def stream(t: Any, workers: int, batches: int, items: int) -> float:
     return (time.perf_counter() - start) / (batches * items)
 
 
+def _cpu(t: Any) -> float:
+    """CPU seconds used so far by this process and t's workers (Linux)."""
+    total = sum(os.times()[:2])
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in t.procs:
+        fields = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def main(rounds: int = 7) -> None:
     load = os.getloadavg()[0]
     kinds = {"pipe": PipeTransport, "pipe-poll": PollPipeTransport, "shm": ShmTransport}
@@ -245,10 +255,15 @@ def main(rounds: int = 7) -> None:
             for t in ts.values():
                 fn(t)  # warm-up
             samples: dict[str, list[float]] = {k: [] for k in kinds}
+            cpu: dict[str, list[float]] = {k: [] for k in kinds}
             for r in range(rounds):
                 order = list(kinds)[r % 3:] + list(kinds)[:r % 3]
                 for k in order:
-                    samples[k].append(fn(ts[k]) * 1e6)
+                    c0, t0 = _cpu(ts[k]), time.perf_counter()
+                    per_op = fn(ts[k])
+                    ops = (time.perf_counter() - t0) / per_op
+                    samples[k].append(per_op * 1e6)
+                    cpu[k].append((_cpu(ts[k]) - c0) / ops * 1e6)
         finally:
             for t in ts.values():
                 t.close()
@@ -257,7 +272,8 @@ def main(rounds: int = 7) -> None:
               f"  shm speed-up: {med['pipe'] / med['shm']:4.2f}x pipe,"
               f" {med['pipe-poll'] / med['shm']:4.2f}x pipe-poll")
         for k, v in samples.items():
-            print(f"    {k:10} runs " + " ".join(f"{x:.2f}" for x in v))
+            print(f"    {k:10} CPU (all processes) {statistics.median(cpu[k]):8.3f};"
+                  f" runs " + " ".join(f"{x:.2f}" for x in v))
     print(f"load average (1 min) before: {load:.2f}, after: {os.getloadavg()[0]:.2f}"
           f" on {os.cpu_count()} CPUs")
 

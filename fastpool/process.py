@@ -61,9 +61,10 @@ _ExceptionWithTraceback: Callable[..., Any] = _stdlib._ExceptionWithTraceback
 _RemoteTraceback: Callable[[str], BaseException] = _stdlib._RemoteTraceback  # type: ignore[assignment]
 
 # Most calls sent to a worker in one message (a map chunk counts its items), and most
-# items in one map chunk: large batches amortise the round trip, but a worker waits
-# for the parent between two batches, so finer ones keep both sides busy (measured:
-# 1024/256 ran a no-op map in about half the time of unbounded chunks and batches).
+# items in one map chunk: large batches amortise the round trip, but a worker without
+# a second batch waits for the parent between two, so finer ones keep both sides
+# busy (measured: 1024/256 ran a no-op map in about half the time of unbounded chunks
+# and batches).
 _MAX_BATCH = 1024
 _MAX_CHUNK = 256
 # A worker whose last batch took less than this (seconds) is sent its next batch
