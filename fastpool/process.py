@@ -875,12 +875,9 @@ class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
             s.queue.append((tid, fn, args, kwargs))
             if self._executor_manager_thread is None:
                 self._start_reader_locked()
-            if s.idle:
-                w = s.idle.pop()
-                sends = [(w, s.take_locked(w))]
-            else:
-                sends = s.dispatch_locked()
-            nudge = s.room and not sends
+            sends = s.dispatch_locked()  # to an idle worker, or one it starts
+            # Only worth a wake-up when the reader would send a second batch then.
+            nudge = s.room and not sends and len(s.queue) > len(s.workers)
             if nudge:
                 s.room = False
             for w, _ in sends:
