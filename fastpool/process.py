@@ -463,13 +463,15 @@ class _State:
     def dispatch_locked(self) -> list[tuple[_Worker, list[Any]]]:
         """Give queued work to idle workers, starting workers if none is idle."""
         sends = []
+        took_none = []  # put back after the loop (one with no quota left takes none)
         while self.queue and self.idle:
             w = self.idle.pop()
             batch = self.take_locked(w)
             if batch:
                 sends.append((w, batch))
             else:
-                self.idle.append(w)
+                took_none.append(w)
+        self.idle.extend(took_none)
         if self.queue and self.dynamic and not self.force and not self.broken:
             while self.queue and len(self.workers) < self.max_workers:
                 w = self.spawn_locked()
@@ -488,7 +490,12 @@ class _State:
             try:
                 data = self.dumps(batch)
             except Exception:
-                data = self._salvage(batch)
+                data, dropped = self._salvage(batch)
+                if w.quota is not None:
+                    with self.lock:
+                        # Those never reach the worker: they do not count towards
+                        # its max_tasks_per_child (it counts what it runs).
+                        w.quota += dropped
             if data is not None:
                 if w.batches[0] is not batch and len(data) > w.room:
                     # Its second batch, but it might not fit in the pipe until the
@@ -516,9 +523,10 @@ class _State:
             # the pool broke meanwhile and its reader closed the pipe under us.
             pass
 
-    def _salvage(self, batch: list[Any]) -> Any:
+    def _salvage(self, batch: list[Any]) -> tuple[Any, int]:
         # As the stdlib: a task that does not pickle fails its own future with the
         # pickling error (its traceback as __cause__); the rest of the batch is sent.
+        # Returns the rest pickled (None if nothing is left), and how many were dropped.
         good = []
         for item in batch:
             try:
@@ -531,7 +539,7 @@ class _State:
                     _set_exception(f, e)
             else:
                 good.append(item)
-        return self.dumps(good) if good else None
+        return (self.dumps(good) if good else None), len(batch) - len(good)
 
     def break_pool(self, cause: str | None, message: str = _BROKEN_FUTURE) -> None:
         with self.lock:

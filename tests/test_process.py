@@ -569,3 +569,17 @@ def test_the_reader_makes_no_poll_object_per_answer(monkeypatch):
         for i in range(200):
             assert ex.submit(abs, -i).result() == i
     assert len(made) < 20  # one per worker start, exit or wake-up, not per answer
+
+
+def test_a_task_that_does_not_pickle_uses_none_of_max_tasks_per_child():
+    """The worker counts the tasks it runs: one that never reached it must not use up
+    the parent's count of what it may still be sent (else the worker, idle with none
+    left and never exiting, would leave the queue stuck)."""
+    with ProcessPoolExecutor(1, mp_context=CTX, max_tasks_per_child=2) as ex:
+        first = ex.submit(time.sleep, 0.5)
+        bad = ex.submit(abs, threading.Lock())
+        good = ex.submit(abs, -3)
+        assert first.result(timeout=60) is None
+        with pytest.raises(TypeError, match="pickle"):
+            bad.result(timeout=60)
+        assert good.result(timeout=60) == 3
