@@ -6,16 +6,25 @@ threads several times (~120 us per submit + result here). This executor keeps th
 stdlib's API, defaults, errors and futures, and changes only the transport:
 
 - one duplex pipe per worker; the parent sends a worker a *batch* of tasks (pickled
-  together, so the function is pickled once per batch) only when that worker is idle,
-  and the worker answers with its results batched the same way;
+  together, so the function is pickled once per batch), and the worker answers with
+  its results batched the same way;
 - no feeder thread: the submitting thread sends to an idle worker itself, and one
-  reader thread waits (`multiprocessing.connection.wait`) on every worker's pipe and
-  process sentinel at once, sets the futures, and hands the idle worker the next batch
-  from the queue; a worker that dies is seen at once through its sentinel.
+  reader thread waits (one `select.poll` object; `multiprocessing.connection.wait` on
+  Windows) on every worker's pipe and process sentinel at once, sets the futures, and
+  hands the worker the next batch from the queue; a worker that dies is seen at once
+  through its sentinel.
 
-A worker gets at most one batch at a time, so neither side ever blocks writing to
-the other while that one is writing too (no duplex-pipe deadlock), and tasks queue
-up in the parent while all workers are busy, which sizes the batches by themselves.
+A worker holds at most two batches: the one it runs, and the next one, waiting in
+its pipe (pipelining: the worker does not wait for the parent between two batches).
+Only the reader thread sends a worker its second batch, and only if it fits in the
+pipe's buffer; a bigger one waits in the parent until the worker answers its current
+batch. So the reader never blocks writing to a worker that is itself blocked writing
+results the reader is not reading (the duplex-pipe deadlock): a worker reads its pipe
+whenever it has answered all it ran. A second batch is only sent to a worker whose
+last batch took under _PIPELINE_UNDER, and while more tasks are queued than there are
+workers, so a long task does not hold short ones back while another worker idles.
+Tasks queue up in the parent while all workers are busy, which sizes the batches by
+themselves. Pipes, not a shared-memory ring: measured in benches/README.md.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ import importlib
 import itertools
 import multiprocessing as mp
 import os
+import select
+import socket
 import sys
 import threading
 import time
@@ -52,11 +63,16 @@ _ExceptionWithTraceback: Callable[..., Any] = _stdlib._ExceptionWithTraceback
 _RemoteTraceback: Callable[[str], BaseException] = _stdlib._RemoteTraceback  # type: ignore[assignment]
 
 # Most calls sent to a worker in one message (a map chunk counts its items), and most
-# items in one map chunk: large batches amortise the round trip, but a worker waits
-# for the parent between two batches, so finer ones keep both sides busy (measured:
-# 1024/256 ran a no-op map in about half the time of unbounded chunks and batches).
+# items in one map chunk: large batches amortise the round trip, but a worker without
+# a second batch waits for the parent between two, so finer ones keep both sides
+# busy (measured: 1024/256 ran a no-op map in about half the time of unbounded chunks
+# and batches).
 _MAX_BATCH = 1024
 _MAX_CHUNK = 256
+# A worker whose last batch took less than this (seconds) is sent its next batch
+# while it runs the current one: below it, the wait between two batches counts; above
+# it, a second batch could keep short tasks behind a long one while a worker idles.
+_PIPELINE_UNDER = 0.05
 # A worker that ran this long without answering sends what it has (as_completed()).
 _FLUSH_AFTER = 0.005
 _SHUTDOWN = b""  # sent to an idle worker: exit
@@ -195,6 +211,8 @@ def _worker(conn: Connection, initializer: Callable[..., object] | None,
             _base.LOGGER.critical("Exception in initializer:", exc_info=True)
             # The parent sees this worker die and breaks the pool, as the stdlib.
             return
+    global _conn
+    _conn = conn
     recv, send, clock = conn.recv_bytes, conn.send_bytes, time.monotonic
     # Results pickle as tasks do: an instance of a class sent by value returns by value.
     dumps = pickler.dumps
@@ -231,32 +249,72 @@ def _worker(conn: Connection, initializer: Callable[..., object] | None,
             return
 
 
+_conn: Connection | None = None  # a worker's pipe to the parent
+
+
+def _wait_for_next_batch(timeout: float) -> bool:
+    """In a worker, as a task: True once the worker's next batch is in its pipe
+    (sent while this one runs), False after timeout seconds without. For tests."""
+    return _conn is not None and _conn.poll(timeout)
+
+
 def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> tuple[list[Any], Any]:
     """Run fn over a map chunk: the results up to the first error, and that error."""
-    results = []
-    for args in chunk:
-        try:
-            results.append(fn(*args))
-        except BaseException as e:
-            return results, _ExceptionWithTraceback(e, e.__traceback__)
+    results: list[Any] = []
+    try:
+        # The loop in C; list.extend() keeps the items it got before an error.
+        results.extend(itertools.starmap(fn, chunk))
+    except BaseException as e:
+        return results, _ExceptionWithTraceback(e, e.__traceback__)
     return results, None
 
+
+def _run_items(fn: Callable[..., Any], chunk: list[Any]) -> tuple[list[Any], Any]:
+    """_run_chunk for a map over one iterable: its items go as they are, not in
+    1-tuples (less to pickle on both sides)."""
+    results: list[Any] = []
+    try:
+        results.extend(map(fn, chunk))
+    except BaseException as e:
+        return results, _ExceptionWithTraceback(e, e.__traceback__)
+    return results, None
+
+
+_RUNNERS = (_run_items, _run_chunk)
 
 # --------------------------------------------------------------------------- parent
 
 class _Worker:
-    __slots__ = ("process", "conn", "busy", "batch", "quota", "eof")
+    __slots__ = ("process", "conn", "batches", "fast", "started", "sending", "room",
+                 "deferred", "quota", "eof")
 
     def __init__(self, process: Any, conn: Connection, quota: int | None) -> None:
         self.process = process
         self.conn = conn
-        self.busy = False  # holds a batch: nothing else is sent until it answers
-        # That batch, kept until it is answered, as the stdlib keeps its work items:
-        # an argument must outlive its pickle until the worker has loaded it (a
-        # Manager proxy's referent is freed when the parent's last proxy goes).
-        self.batch: list[Any] | None = None
+        # The batches sent and not answered yet (at most 2), in the order sent, kept
+        # as the stdlib keeps its work items: an argument must outlive its pickle
+        # until the worker has loaded it (a Manager proxy's referent is freed when
+        # the parent's last proxy goes).
+        self.batches: deque[list[Any]] = deque()
+        self.fast = False  # its last batch took under _PIPELINE_UNDER: may hold 2
+        self.started = 0.0  # when it started its oldest batch (as far as we know)
+        # Another thread than the reader sends it its first batch: the reader must
+        # not top it up before that is written (the two writes would interleave).
+        self.sending = False
+        self.room = _pipe_room(conn)  # a second batch up to this size is sent at once
+        self.deferred: Any = None  # a bigger one, pickled: sent when it answers
         self.quota = quota  # tasks it may still be sent (max_tasks_per_child)
         self.eof = False
+
+
+def _pipe_room(conn: Connection) -> int:
+    """Bytes the parent can surely write to the worker's pipe while the worker does
+    not read it: a quarter of the socket's send buffer (Linux: 52 KiB; macOS: 2 KiB)."""
+    try:
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)) // 4
+    except (OSError, ValueError):
+        return 2048  # Windows' pipes: a quarter of multiprocessing's 8 KiB buffer
 
 
 class _Wakeup:
@@ -333,7 +391,11 @@ class _State:
         self.workers: dict[int, _Worker] = {}  # pid -> worker (alive, not retiring)
         self.processes: dict[int, Any] = {}  # pid -> Process: the stdlib's `_processes`
         self.retiring: list[_Worker] = []  # exited at max_tasks_per_child, to join
-        self.idle: list[_Worker] = []
+        self.idle: list[_Worker] = []  # alive workers with no batch
+        # Some fast worker holds a single batch while the queue is empty: a submit
+        # wakes the reader to send it a second one (only the reader tops up a busy
+        # worker, so that its batches are sent one at a time, in order).
+        self.room = False
         self.version = 0  # bumped when the set of pipes to watch changes
         self.shutdown = False
         self.cancel_futures = False
@@ -358,7 +420,7 @@ class _State:
         return w
 
     def take_locked(self, w: _Worker) -> list[Any]:
-        """Move the next batch of the queue to worker w (marks it busy if any)."""
+        """Move the next batch of the queue to worker w (counted as sent, if any)."""
         q = self.queue
         n = min(_MAX_BATCH, max(1, len(q) // max(1, len(self.workers))))
         if w.quota is not None:
@@ -371,26 +433,45 @@ class _State:
             f = pending[item[0]]
             if f.set_running_or_notify_cancel():
                 batch.append(item)
-                weight += len(item[2][1]) if item[1] is _run_chunk else 1
+                weight += len(item[2][1]) if item[1] in _RUNNERS else 1
             else:
                 del pending[item[0]]
         if batch:
-            w.busy = True
-            w.batch = batch
+            if not w.batches:
+                w.started = time.monotonic()
+            w.batches.append(batch)
             if w.quota is not None:
                 w.quota -= len(batch)
         return batch
 
+    def fill_locked(self, w: _Worker) -> list[tuple[_Worker, list[Any]]]:
+        """The batches to send w, a worker the reader answered or woke for (sent by
+        the reader, in this order): one if it has none, and a second one if it is
+        fast and more tasks are queued than there are workers (then no worker can
+        idle while another holds a task back)."""
+        sends = []
+        while self.queue and (not w.batches or (
+                len(w.batches) == 1 and w.fast and len(self.queue) > len(self.workers))):
+            batch = self.take_locked(w)
+            if not batch:
+                break
+            sends.append((w, batch))
+        if w.fast and len(w.batches) == 1:
+            self.room = True
+        return sends
+
     def dispatch_locked(self) -> list[tuple[_Worker, list[Any]]]:
         """Give queued work to idle workers, starting workers if none is idle."""
         sends = []
+        took_none = []  # put back after the loop (one with no quota left takes none)
         while self.queue and self.idle:
             w = self.idle.pop()
             batch = self.take_locked(w)
             if batch:
                 sends.append((w, batch))
             else:
-                self.idle.append(w)
+                took_none.append(w)
+        self.idle.extend(took_none)
         if self.queue and self.dynamic and not self.force and not self.broken:
             while self.queue and len(self.workers) < self.max_workers:
                 w = self.spawn_locked()
@@ -403,32 +484,49 @@ class _State:
         return sends
 
     def send(self, w: _Worker, batch: list[Any]) -> None:
-        """Pickle and send a batch to w (busy, so only this thread writes to it)."""
+        """Pickle and send a batch to w (idle until now, or answered to the reader,
+        which is the thread calling: only this thread writes to it now)."""
         while True:
             try:
                 data = self.dumps(batch)
             except Exception:
-                data = self._salvage(batch)
+                data, dropped = self._salvage(batch)
+                if w.quota is not None:
+                    with self.lock:
+                        # Those never reach the worker: they do not count towards
+                        # its max_tasks_per_child (it counts what it runs).
+                        w.quota += dropped
             if data is not None:
-                try:
-                    w.conn.send_bytes(data)
-                except (OSError, ValueError, TypeError):
-                    # w died (its sentinel tells the reader, which fails the batch), or
-                    # the pool broke meanwhile and its reader closed the pipe under us.
-                    pass
+                if w.batches[0] is not batch and len(data) > w.room:
+                    # Its second batch, but it might not fit in the pipe until the
+                    # worker reads it, which it may not do before we read its results:
+                    # the reader sends it when the worker answers its current batch.
+                    w.deferred = data
+                    return
+                self.write(w, data)
                 return
-            # Nothing in the batch pickled: w stays idle, and may take more.
+            # Nothing in the batch pickled: w may take more in its place.
             with self.lock:
-                w.busy = False
-                w.batch = None
+                w.batches.remove(batch)
                 batch = self.take_locked(w)
                 if not batch:
-                    self.idle.append(w)
+                    if not w.batches:
+                        self.idle.append(w)
                     return
 
-    def _salvage(self, batch: list[Any]) -> Any:
+    @staticmethod
+    def write(w: _Worker, data: Any) -> None:
+        try:
+            w.conn.send_bytes(data)
+        except (OSError, ValueError, TypeError):
+            # w died (its sentinel tells the reader, which fails the batch), or
+            # the pool broke meanwhile and its reader closed the pipe under us.
+            pass
+
+    def _salvage(self, batch: list[Any]) -> tuple[Any, int]:
         # As the stdlib: a task that does not pickle fails its own future with the
         # pickling error (its traceback as __cause__); the rest of the batch is sent.
+        # Returns the rest pickled (None if nothing is left), and how many were dropped.
         good = []
         for item in batch:
             try:
@@ -441,7 +539,7 @@ class _State:
                     _set_exception(f, e)
             else:
                 good.append(item)
-        return self.dumps(good) if good else None
+        return (self.dumps(good) if good else None), len(batch) - len(good)
 
     def break_pool(self, cause: str | None, message: str = _BROKEN_FUTURE) -> None:
         with self.lock:
@@ -467,7 +565,7 @@ class _State:
             return False
         if self.cancel_futures:
             self.cancel_queued_locked()
-        return not self.queue and not any(w.busy for w in self.workers.values())
+        return not self.queue and not any(w.batches for w in self.workers.values())
 
     def cancel_queued_locked(self) -> None:
         while self.queue:
@@ -480,7 +578,7 @@ class _State:
 def _reader(s: _State, executor_ref: Any) -> None:
     """The parent's only background thread: results, worker exits, next batches."""
     version = -1
-    objs: list[Any] = []
+    wait: Callable[[], list[Any]] = list
     by_obj: dict[Any, _Worker] = {}
     while True:
         with s.lock:
@@ -493,14 +591,15 @@ def _reader(s: _State, executor_ref: Any) -> None:
                     by_obj[w.process.sentinel] = w
                     if not w.eof:
                         by_obj[w.conn] = w
-                objs = [s.wakeup.reader, *by_obj]
-        ready = _wait(objs)
+                wait = _waiter([s.wakeup.reader, *by_obj])
+        ready = wait()
         # Pipes first: a worker's last results are read before its exit is seen.
         sentinels = []
         for obj in ready:
             owner = by_obj.get(obj)
             if owner is None:
                 s.wakeup.clear()
+                _top_up(s)
             elif obj is owner.conn:
                 _read(s, owner)
             else:
@@ -539,6 +638,26 @@ def _reader(s: _State, executor_ref: Any) -> None:
     s.wakeup.close()
 
 
+def _waiter(objs: list[Any]) -> Callable[[], list[Any]]:
+    """multiprocessing.connection.wait(objs), with one poll object made now for every
+    call (wait() builds a selector and registers each object every time: more than
+    the rest of the reader's turn for a one-task batch)."""
+    if not hasattr(select, "poll"):  # Windows
+        return lambda: _wait(objs)
+    poller = select.poll()
+    by_fd = {}
+    for obj in objs:
+        fd = obj if isinstance(obj, int) else obj.fileno()
+        by_fd[fd] = obj
+        poller.register(fd, select.POLLIN)
+    poll = poller.poll
+
+    def wait() -> list[Any]:
+        # Any event counts (a hang-up, an error): the caller's read tells which.
+        return [by_fd[fd] for fd, _ in poll()]
+    return wait
+
+
 def _read(s: _State, w: _Worker) -> None:
     try:
         data = w.conn.recv_bytes()
@@ -565,8 +684,11 @@ def _read(s: _State, w: _Worker) -> None:
     if not done:
         return
     with s.lock:
-        w.busy = False
-        w.batch = None
+        w.batches.popleft()
+        now = time.monotonic()
+        w.fast = now - w.started < _PIPELINE_UNDER
+        w.started = now  # it goes on with its next batch at once, if it has one
+        deferred, w.deferred = w.deferred, None
         if exiting:
             # It reached max_tasks_per_child and exits: stop counting it now (the
             # stdlib's _processes drops it at once), join it when its sentinel fires.
@@ -577,14 +699,28 @@ def _read(s: _State, w: _Worker) -> None:
             sends, failure = _replace_locked(s)
         else:
             failure = None
-            batch = s.take_locked(w) if not s.broken else []
-            sends = [(w, batch)] if batch else []
-            if not batch:
+            sends = s.fill_locked(w) if not s.broken else []
+            if not w.batches:
                 s.idle.append(w)
     if failure is not None:
         s.break_pool(*failure)
+    if deferred is not None and not s.broken:
+        s.write(w, deferred)  # now its only batch: it reads it once it has answered
     for w2, batch in sends:
         s.send(w2, batch)
+
+
+def _top_up(s: _State) -> None:
+    """Woken by a submit: send a second batch to the fast workers that hold one."""
+    with s.lock:
+        s.room = False
+        sends = []
+        if not s.broken:
+            for w in s.workers.values():
+                if w.batches and not w.sending:
+                    sends += s.fill_locked(w)
+    for w, batch in sends:
+        s.send(w, batch)
 
 
 def _replace_locked(s: _State) -> tuple[list[tuple[_Worker, list[Any]]], tuple[str | None, str] | None]:
@@ -749,14 +885,23 @@ class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
             s.queue.append((tid, fn, args, kwargs))
             if self._executor_manager_thread is None:
                 self._start_reader_locked()
-            if s.idle:
-                w = s.idle.pop()
-                batch = s.take_locked(w)
-                sends = [(w, batch)]
-            else:
-                sends = s.dispatch_locked()
-        for w, batch in sends:
-            s.send(w, batch)
+            sends = s.dispatch_locked()  # to an idle worker, or one it starts
+            # Only worth a wake-up when the reader would send a second batch then.
+            nudge = s.room and not sends and len(s.queue) > len(s.workers)
+            if nudge:
+                s.room = False
+            for w, _ in sends:
+                w.sending = True
+        if nudge:
+            s.wakeup.wakeup()  # the reader sends a fast worker its second batch
+        elif sends:
+            for w, batch in sends:
+                s.send(w, batch)
+            with s.lock:
+                for w, _ in sends:
+                    w.sending = False
+                    if w.fast and len(w.batches) == 1:
+                        s.room = True
         return f
     submit.__doc__ = _base.Executor.submit.__doc__
 
@@ -790,25 +935,29 @@ class ProcessPoolExecutor(_stdlib.ProcessPoolExecutor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
-        args = zip(*iterables)
-        chunks: Iterator[list[tuple[Any, ...]]]
+        args: Iterator[Any]
+        if len(iterables) == 1:
+            args, run = iter(iterables[0]), _run_items
+        else:
+            args, run = zip(*iterables), _run_chunk
+        chunks: Iterator[list[Any]]
         if buffersize is not None:
             chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])
-            fs = deque(self.submit(_run_chunk, fn, c) for c in itertools.islice(chunks, buffersize))
-            return _results(fs, end_time, (self, fn, chunks))
+            fs = deque(self.submit(run, fn, c) for c in itertools.islice(chunks, buffersize))
+            return _results(fs, end_time, (self, run, fn, chunks))
         window = self._max_workers * 4
         first = list(itertools.islice(args, window * (_MAX_CHUNK if chunksize == 1 else chunksize)))
         lazy = len(first) == window * (_MAX_CHUNK if chunksize == 1 else chunksize)
         if chunksize == 1:
             chunksize = min(_MAX_CHUNK, max(1, -(-len(first) // window)))
-        fs = deque(self.submit(_run_chunk, fn, first[i:i + chunksize])
+        fs = deque(self.submit(run, fn, first[i:i + chunksize])
                    for i in range(0, len(first), chunksize))
         del first
         if not lazy:
             # All of it submitted: the iterator holds no reference to the executor,
             # so `del executor` shuts it down, as with the stdlib.
             return _results(fs, end_time, None)
-        feed = _Feed(self, fn, _chunked(args, chunksize), fs)
+        feed = _Feed(self, run, fn, _chunked(args, chunksize), fs)
         self._state.feeds.add(feed)
         # A second window in flight: a worker back for more finds chunks queued
         # while the consumer catches up (measured: 0.75-0.94x Pool.imap(256) for a
@@ -882,9 +1031,9 @@ def _on_collect(s: _State) -> None:
         pass
 
 
-def _chunked(args: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+def _chunked(args: Iterator[Any], size: int) -> Iterator[list[Any]]:
     while True:
-        chunk: list[tuple[Any, ...]] = []
+        chunk: list[Any] = []
         try:
             chunk.extend(itertools.islice(args, size))
         except BaseException:
@@ -901,12 +1050,14 @@ class _Feed:
     or all at once by shutdown(). The lock keeps the futures in input order when
     both happen at the same time."""
 
-    __slots__ = ("lock", "executor", "fn", "chunks", "fs", "error", "__weakref__")
+    __slots__ = ("lock", "executor", "run", "fn", "chunks", "fs", "error", "__weakref__")
 
-    def __init__(self, executor: ProcessPoolExecutor, fn: Callable[..., Any],
-                 chunks: Iterator[list[tuple[Any, ...]]], fs: deque[_base.Future[Any]]) -> None:
+    def __init__(self, executor: ProcessPoolExecutor, run: Callable[..., Any],
+                 fn: Callable[..., Any], chunks: Iterator[list[Any]],
+                 fs: deque[_base.Future[Any]]) -> None:
         self.lock = threading.Lock()
         self.executor: ProcessPoolExecutor | None = executor
+        self.run = run
         self.fn = fn
         self.chunks = chunks
         self.fs = fs
@@ -923,7 +1074,7 @@ class _Feed:
                     if c is None:
                         self.close()
                         return
-                    self.fs.append(ex.submit(_run_chunk, self.fn, c))
+                    self.fs.append(ex.submit(self.run, self.fn, c))
             except BaseException as e:
                 # The input failed (or the pool broke): raised after the results
                 # of everything before it.
@@ -956,9 +1107,9 @@ def _results(fs: deque[_base.Future[Any]], end_time: float | None, more: Any) ->
             if feed is not None:
                 feed.more(1)
             elif more is not None:
-                executor, fn, chunks = more
+                executor, run, fn, chunks = more
                 for c in itertools.islice(chunks, 1):
-                    fs.append(executor.submit(_run_chunk, fn, c))
+                    fs.append(executor.submit(run, fn, c))
             # Popped as yielded: the iterator keeps no reference to a result the
             # caller has dropped (bpo-14406, tested by CPython).
             results.reverse()

@@ -15,6 +15,7 @@ import itertools
 import multiprocessing as mp
 import operator
 import os
+import select
 import signal
 import sys
 import threading
@@ -469,3 +470,116 @@ def test_map_consumed_while_another_thread_shuts_down():
         got.extend(it)
         t.join(timeout=60)
         assert got == list(range(30_000))
+
+
+# ------------------------------------------------------------------ the transport
+
+def test_map_over_one_iterable_sends_its_items_as_they_are(monkeypatch):
+    """No 1-tuple per item to build, pickle and unpack (zip's): the chunk is the items."""
+    sent = []
+    submit = ProcessPoolExecutor.submit
+
+    def spy(self, fn, /, *args, **kwargs):
+        sent.append(args)
+        return submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", spy)
+    with ProcessPoolExecutor(1, mp_context=CTX) as ex:
+        assert list(ex.map(abs, [-1, -2, 3], chunksize=2)) == [1, 2, 3]
+        assert list(ex.map(pow, [2, 3], [3, 2], chunksize=2)) == [8, 9]
+    assert [chunk for _, chunk in sent] == [[-1, -2], [3], [(2, 3), (3, 2)]]
+
+
+def test_a_fast_worker_gets_its_next_batch_while_it_runs_one(monkeypatch):
+    """Pipelining: the worker does not wait for the parent between two batches."""
+    from fastpool import process
+    # Every batch counts as short, however slow this machine is.
+    monkeypatch.setattr(process, "_PIPELINE_UNDER", float("inf"))
+    with ProcessPoolExecutor(1, mp_context=CTX) as ex:
+        assert ex.submit(abs, -1).result() == 1
+        first = ex.submit(process._wait_for_next_batch, 30)
+        # More queued than there are workers: one of them may go ahead.
+        rest = [ex.submit(abs, -2), ex.submit(abs, -3)]
+        assert first.result() is True  # a second batch was in its pipe
+        assert [f.result() for f in rest] == [2, 3]
+
+
+def test_no_second_batch_while_another_worker_may_idle(monkeypatch):
+    """A second batch goes ahead only when more tasks are queued than there are
+    workers: else a queued task could wait behind a long one while a worker idles."""
+    from fastpool import process
+    monkeypatch.setattr(process, "_PIPELINE_UNDER", float("inf"))
+    with ProcessPoolExecutor(2, mp_context=CTX) as ex:
+        assert list(ex.map(time.sleep, [0.05, 0.05], chunksize=1)) == [None, None]
+        waits = [ex.submit(process._wait_for_next_batch, 1.0) for _ in range(2)]
+        last = ex.submit(abs, -1)
+        assert [f.result() for f in waits] == [False, False]
+        assert last.result() == 1
+
+
+def test_a_slow_worker_gets_no_second_batch(monkeypatch):
+    """Tasks that take long are not queued behind each other in one worker while
+    another may be idle."""
+    from fastpool import process
+    monkeypatch.setattr(process, "_PIPELINE_UNDER", 0.0)
+    with ProcessPoolExecutor(1, mp_context=CTX) as ex:
+        assert ex.submit(abs, -1).result() == 1
+        first = ex.submit(process._wait_for_next_batch, 0.5)
+        second = ex.submit(abs, -2)
+        assert first.result() is False
+        assert second.result() == 2
+
+
+def test_big_batches_and_results_do_not_deadlock_the_pipe(monkeypatch):
+    """A second batch larger than the pipe's buffer, while the worker writes results
+    larger than it too: it waits in the parent until the worker answers."""
+    from fastpool import process
+    monkeypatch.setattr(process, "_PIPELINE_UNDER", float("inf"))
+    blob = bytes(1 << 20)
+    ex = ProcessPoolExecutor(1, mp_context=CTX)
+    try:
+        assert ex.submit(abs, -1).result() == 1
+        fs = [ex.submit(bytes, blob) for _ in range(8)]
+        assert all(f.result(timeout=60) == blob for f in fs)
+    finally:
+        for p in list(ex._processes.values()):
+            p.kill()  # unblocks a deadlocked reader, so the test fails instead of hanging
+        ex.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(select, "poll"), reason="Windows: wait() as it is")
+def test_the_reader_makes_no_poll_object_per_answer(monkeypatch):
+    """multiprocessing.connection.wait() makes and fills a selector per call: the
+    reader keeps one until its set of pipes changes."""
+    from fastpool import process
+    made = []
+    poll, wait = select.poll, process._wait
+
+    def counted():
+        made.append(1)
+        return poll()
+
+    def counted_wait(objs):
+        made.append(1)  # a selector made for this call
+        return wait(objs)
+
+    monkeypatch.setattr(select, "poll", counted)
+    monkeypatch.setattr(process, "_wait", counted_wait)
+    with ProcessPoolExecutor(1, mp_context=CTX) as ex:
+        for i in range(200):
+            assert ex.submit(abs, -i).result() == i
+    assert len(made) < 20  # one per worker start, exit or wake-up, not per answer
+
+
+def test_a_task_that_does_not_pickle_uses_none_of_max_tasks_per_child():
+    """The worker counts the tasks it runs: one that never reached it must not use up
+    the parent's count of what it may still be sent (else the worker, idle with none
+    left and never exiting, would leave the queue stuck)."""
+    with ProcessPoolExecutor(1, mp_context=CTX, max_tasks_per_child=2) as ex:
+        first = ex.submit(time.sleep, 0.5)
+        bad = ex.submit(abs, threading.Lock())
+        good = ex.submit(abs, -3)
+        assert first.result(timeout=60) is None
+        with pytest.raises(TypeError, match="pickle"):
+            bad.result(timeout=60)
+        assert good.result(timeout=60) == 3
