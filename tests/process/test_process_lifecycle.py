@@ -110,6 +110,9 @@ print(TAG, flush=True)
 """
 
 
+# ~1 s per cycle on a loaded 2-core machine (the stdlib's executor is no faster):
+# above pytest-timeout's 120 s default there, not a hang.
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("method", METHODS)
 def test_no_leaks_after_200_create_shutdown_cycles(method):
     """200 executors created, used and shut down (20 with spawn, where each worker is
