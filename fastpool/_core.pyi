@@ -84,6 +84,7 @@ from fastpool._states import (
 )
 
 def clock() -> float: ...
+def forget_lock_after_fork(obj: object) -> None: ...
 
 class Ledger:
     running: set[Any]

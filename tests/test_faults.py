@@ -459,11 +459,12 @@ def test_fork_while_workers_are_busy(run_py, pool):
 # thread forks; the child resets its pool (which reads the Ledger's running tasks) and
 # submits. With the GIL there is no such lock and this is a plain fork.
 FORK_HANDOFF_PROGRAM = r"""
-import os, signal, threading, time
+import gc, os, signal, threading, time
 import fastpool
 from fastpool._states import N_RUNNING, OUTSIDE
 from fastpool.pool._records import Future
 
+gc.disable()  # a collection stops the world too: the lock would change hands early
 pool = fastpool.Pool(2)
 assert pool.submit(abs, -1).result(30) == 1
 ledger = pool._state.ledger
@@ -498,7 +499,18 @@ assert entered.wait(30)
 other = threading.Thread(target=waiter)
 other.start()
 assert waiting.wait(30)
-time.sleep(0.1)  # the waiter is parked, long enough to be handed the lock
+
+def asleep(thread):
+    # Linux: the waiter sleeps in the kernel once it has stopped spinning for the lock.
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "S"
+    except OSError:
+        return True
+
+while not asleep(other):
+    time.sleep(0.001)
+time.sleep(0.05)  # parked long enough (> 1 ms) to be handed the lock, not just released
 pid = os.fork()
 if pid == 0:
     try:

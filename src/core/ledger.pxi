@@ -40,27 +40,6 @@ def clock():
     return c_monotonic()
 
 
-cdef extern from *:
-    """
-    /* Forked child only (no other thread exists): mark an object's lock free.
-     * Free-threaded CPython hands a contended per-object lock (the one critical
-     * sections take) straight to a waiter that has waited > 1 ms, even when that waiter
-     * is parked for fork's stop-the-world and has not run yet: the lock is then held at
-     * fork by a thread that does not exist in the child, for ever. Every other thread
-     * was stopped outside its critical sections, so what the lock guards is consistent
-     * and only the lock word is stale. A PyMutex may be reset after fork (CPython
-     * clears the parking lot's waiters then). With the GIL there are no such locks. */
-    static inline void fp_forget_object_lock(PyObject *o) {
-    #ifdef Py_GIL_DISABLED
-        memset(&o->ob_mutex, 0, sizeof(o->ob_mutex));
-    #else
-        (void)o;
-    #endif
-    }
-    """
-    void fp_forget_object_lock(PyObject *o) noexcept
-
-
 cdef class Ledger:
     """A Pool's counters, its running tasks and its latency samples (see above)."""
 
