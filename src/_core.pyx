@@ -74,7 +74,9 @@ cdef extern from *:
      * fork by a thread that does not exist in the child, for ever. Every other thread
      * was stopped outside its critical sections, so what the lock guards is consistent
      * and only the lock word is stale. A PyMutex may be reset after fork (CPython
-     * clears the parking lot's waiters then). With the GIL there are no such locks. */
+     * clears the parking lot's waiters then). CPython gh-144513 stops critical
+     * sections from waiting during the pause itself, not in the child: the at-fork hooks
+     * run after it. With the GIL there are no such locks. */
     static inline void fp_forget_object_lock(PyObject *o) {
     #ifdef Py_GIL_DISABLED
         memset(&o->ob_mutex, 0, sizeof(o->ob_mutex));
