@@ -22,6 +22,7 @@ from concurrent.futures import _base
 from typing import Any, Callable, NoReturn
 
 from ._future import worker_local
+from ._pick_core import core
 
 _shutdown = False  # the interpreter is exiting
 _global_shutdown_lock = threading.Lock()
@@ -149,7 +150,9 @@ def raise_closed(broken: BaseException | None, shutdown: bool) -> NoReturn:
 
 def reset_future_after_fork(fut: Any) -> None:
     """A lock held at fork time by a thread that does not exist in the child stays held
-    for ever, and waiters (wait()/as_completed() calls) belong to such threads too."""
+    for ever, and waiters (wait()/as_completed() calls) belong to such threads too.
+    That includes the future's own lock on free-threaded builds (forget_lock_after_fork)."""
+    core.forget_lock_after_fork(fut)
     state = vars(fut)
     if "_lock" in state:  # fastpool._future.Future: its RLock and lazy Condition
         fut._lock = threading.RLock()

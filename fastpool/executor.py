@@ -362,6 +362,7 @@ class ThreadPoolExecutor(_thread.ThreadPoolExecutor):
         self._shutdown_lock = threading.Lock()
         self._threads.clear()
         for item in self._work_queue._after_fork_child():
+            core.forget_lock_after_fork(item)  # see _workers.reset_future_after_fork
             fut = getattr(item, "future", None)
             if fut is not None:
                 _workers.reset_future_after_fork(fut)

@@ -40,7 +40,7 @@ from fastpool._future import worker_local
 # (tests/core/test_core_parity.py compares them).
 __all__ = [
     "Future", "Ledger", "MapJob", "PoolTask", "QueueClosed", "QueueEmpty", "WorkItem",
-    "WorkQueue", "clock", "run_worker", "spin_ns",
+    "WorkQueue", "clock", "forget_lock_after_fork", "run_worker", "spin_ns",
     # The numbers, fastpool._states' (imported in core/ledger.pxi).
     "N_CANCELLED", "N_COUNTERS", "N_DEAD_LETTERED", "N_FAILED", "N_NOT_STARTED",
     "N_QUEUED", "N_REJECTED", "N_RETRIED", "N_RETRYING", "N_RUNNING", "N_SUBMITTED",
@@ -63,6 +63,36 @@ cdef extern from "Python.h":
     ctypedef struct PyThreadState
     PyThreadState *PyEval_SaveThread() noexcept nogil
     void PyEval_RestoreThread(PyThreadState *) noexcept nogil
+
+
+cdef extern from *:
+    """
+    /* Forked child only (no other thread exists): mark an object's lock free.
+     * Free-threaded CPython hands a contended per-object lock (the one critical
+     * sections take) straight to a waiter that has waited > 1 ms, even when that waiter
+     * is parked for fork's stop-the-world and has not run yet: the lock is then held at
+     * fork by a thread that does not exist in the child, for ever. Every other thread
+     * was stopped outside its critical sections, so what the lock guards is consistent
+     * and only the lock word is stale. A PyMutex may be reset after fork (CPython
+     * clears the parking lot's waiters then). CPython gh-144513 stops critical
+     * sections from waiting during the pause itself, not in the child: the at-fork hooks
+     * run after it. With the GIL there are no such locks. */
+    static inline void fp_forget_object_lock(PyObject *o) {
+    #ifdef Py_GIL_DISABLED
+        memset(&o->ob_mutex, 0, sizeof(o->ob_mutex));
+    #else
+        (void)o;
+    #endif
+    }
+    """
+    void fp_forget_object_lock(PyObject *o) noexcept
+
+
+def forget_lock_after_fork(obj):
+    """In a forked child only: mark `obj`'s per-object lock free (free-threaded builds;
+    nothing to do with the GIL). Called on the parent's objects the child's reset
+    touches (the Ledger, tasks, futures): see fp_forget_object_lock."""
+    fp_forget_object_lock(<PyObject *>obj)
 
 
 cdef object LOGGER = logging.getLogger("concurrent.futures")

@@ -29,7 +29,7 @@ from .._states import (N_CANCELLED, N_COUNTERS, N_DEAD_LETTERED, N_FAILED, N_NOT
 
 __all__ = [
     "Future", "Ledger", "MapJob", "PoolTask", "QueueClosed", "QueueEmpty", "WorkItem",
-    "WorkQueue", "clock", "run_worker", "spin_ns",
+    "WorkQueue", "clock", "forget_lock_after_fork", "run_worker", "spin_ns",
     # The numbers, fastpool._states' (re-exported by both cores).
     "N_CANCELLED", "N_COUNTERS", "N_DEAD_LETTERED", "N_FAILED", "N_NOT_STARTED",
     "N_QUEUED", "N_REJECTED", "N_RETRIED", "N_RETRYING", "N_RUNNING", "N_SUBMITTED",
@@ -37,3 +37,10 @@ __all__ = [
     "SAMPLE_WINDOW", "TASK_ABANDONED", "TASK_DONE", "TASK_OVERDUE", "TASK_QUEUED",
     "TASK_RETRY", "TASK_RUNNING", "TASK_SETTLING",
 ]
+
+
+def forget_lock_after_fork(obj: object) -> None:
+    """In a forked child only: the native core marks `obj`'s per-object lock free
+    (free-threaded CPython may leave it held by a thread the child does not have). This
+    core keeps its state under threading locks, which the child replaces; Python code
+    cannot reach an object's own lock."""

@@ -37,6 +37,12 @@ class Ledger:
         self._wait_ring = [float("nan")] * SAMPLE_WINDOW
         self._run_ring = [float("nan")] * SAMPLE_WINDOW
 
+    def _after_fork_child(self) -> list[Any]:
+        """In a forked child: the running tasks (the parent's); the lock may have been
+        held at fork by a thread that does not exist here."""
+        self._lock = threading.Lock()
+        return list(self.running)
+
     @property
     def closed(self) -> bool:
         return self._closed

@@ -364,6 +364,7 @@ class Pool(ThreadPoolExecutor):
         self._closer.reset_after_fork()
         self._signals.reset_after_fork()
         for task in tasks:
+            core.forget_lock_after_fork(task)  # see _workers.reset_future_after_fork
             fut = task.future
             _workers.reset_future_after_fork(fut)
             task.state = TASK_DONE

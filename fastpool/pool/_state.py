@@ -124,7 +124,7 @@ class PoolState:
     def reset_after_fork(self) -> list[Any]:
         """In a forked child: fresh locks and ledger (closed if the pool was); return the
         parent's tasks this state knew (queued, running, handed back) for cancelling."""
-        tasks = list(self.ledger.running) + list(self.late)
+        tasks = self.ledger._after_fork_child() + list(self.late)
         self.threads.clear()
         tasks += self.queue._after_fork_child()
         self._reset()

@@ -105,6 +105,14 @@ cdef class Ledger:
         with cython.critical_section(self):
             self._room += delta
 
+    def _after_fork_child(self):
+        """In a forked child: the running tasks (the parent's), read without waiting
+        for a lock a vanished thread held at fork (see fp_forget_object_lock)."""
+        fp_forget_object_lock(<PyObject *>self)
+        fp_forget_object_lock(<PyObject *>self.running)
+        with cython.critical_section(self):
+            return list(self.running)
+
     # -- counters --
 
     cdef inline int _shift(self, int src, int dst, int extra, task) except -1:

@@ -54,9 +54,6 @@ def test_gc_executor_with_live_map(run_script, module):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-@pytest.mark.skipif(not getattr(sys, "_is_gil_enabled", lambda: True)(),
-                    reason="fork of a busy multi-threaded process with the GIL off: "
-                           "failed now and then on 3.14t in CI (see test_faults' twin)")
 @pytest.mark.parametrize("scenario", ["busy", "churn"])
 def test_fork_while_busy(run_script, scenario):
     # busy: workers blocked in tasks, work queued. churn: workers and submitters
