@@ -118,8 +118,15 @@ def test_shutdown_counts_not_started(make_pool, gate, registry):
     pool.submit(gate)
     gate.wait_started(1)
     pool.submit(ok)
+    # The gate opens only once shutdown has taken the queued task back: opened before,
+    # the worker could start that task first.
+    reports = []
+    stopper = threading.Thread(target=lambda: reports.append(pool.shutdown(cancel_futures=True)))
+    stopper.start()
+    wait_until(lambda: pool.stats().not_started == 1, what="the queued task handed back")
     gate.open()
-    report = pool.shutdown(cancel_futures=True)
+    stopper.join()
+    report, = reports
     assert len(report.not_started) == 1
     s = pool.stats()
     assert s.not_started == 1
