@@ -59,9 +59,11 @@ cdef class Ledger:
         self.queue = queue
         self.slow = slow
         self.running = set()
-        self.c.assign(c_N_COUNTERS, 0)
-        self.wait_ring.assign(c_SAMPLE_WINDOW, NAN)
-        self.run_ring.assign(c_SAMPLE_WINDOW, NAN)
+        # resize (declared `except +`), not assign (which is not): out of memory must
+        # be a MemoryError here, not an uncaught std::bad_alloc that aborts the process.
+        self.c.resize(c_N_COUNTERS, 0)
+        self.wait_ring.resize(c_SAMPLE_WINDOW, NAN)
+        self.run_ring.resize(c_SAMPLE_WINDOW, NAN)
 
     # -- flags (each read and written under the critical section) --
 

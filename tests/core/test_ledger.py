@@ -8,6 +8,7 @@ queues, the running set follows the running count, samples land in a fixed ring.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 
 import pytest
@@ -288,3 +289,27 @@ def test_fast_submit_asks_for_a_worker_when_work_waits(core_impl):
     q.set_max_workers(3)
     ledger.submit(pool, print, (), {}, None)
     assert pool.calls == [("grow",)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
+def test_out_of_memory_is_a_memory_error(core_impl, run_py):
+    """Ledgers made until the address space runs out: MemoryError, which a program can
+    handle, not a C++ std::bad_alloc escaping the constructor and aborting the process
+    (its vectors were filled with assign(), which Cython does not declare `except +`)."""
+    proc = run_py(f"""
+import importlib, os, resource
+core = importlib.import_module({core_impl.__name__!r})
+queue = core.WorkQueue(0)
+with open("/proc/self/statm") as f:
+    vm = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+ledgers = []
+resource.setrlimit(resource.RLIMIT_AS, (vm + 8 * 1024 * 1024, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    while True:
+        ledgers.append(core.Ledger(queue))
+except MemoryError:
+    ledgers.clear()
+    print("MemoryError")
+""")
+    assert proc.returncode == 0, str(proc)
+    assert proc.stdout.strip() == "MemoryError", str(proc)

@@ -338,9 +338,10 @@ def test_real_thread_exhaustion(run_py, pool):
     threads = int(proc.stdout.split("threads")[1].split()[0])
     assert 1 <= threads < 32, str(proc)
     # Room for none: submit says so at once instead of queueing work nobody will run.
-    # (A 1 GB stack against 16 MB of room: the process's own mappings move by tens of MB
-    # -- once, in CI, a 64 MB stack still fitted.)
-    proc = run_py(f"POOL = {pool!r}\nHEADROOM_MB = 16\nSTACK_MB = 1024\n" + EXHAUST_PROGRAM,
+    # (A 1 GB stack against 128 MB of room: the process's own mappings move by tens of MB
+    # -- once, in CI, a 64 MB stack still fitted in 16 MB -- and free-threaded builds'
+    # allocator maps memory in large segments: 16 MB left no room for the pool itself.)
+    proc = run_py(f"POOL = {pool!r}\nHEADROOM_MB = 128\nSTACK_MB = 1024\n" + EXHAUST_PROGRAM,
                   timeout=60)
     assert proc.returncode == 0, str(proc)
     assert "submit error: can't start new thread" in proc.stdout, str(proc)
