@@ -490,6 +490,9 @@ class _State:
             try:
                 data = self.dumps(batch)
             except Exception:
+                data = None  # salvaged below: out of this handler, so the tasks' own
+                # errors do not chain to this one (its frames hold the pickler's buffer)
+            if data is None:
                 data, dropped = self._salvage(batch)
                 if w.quota is not None:
                     with self.lock:
@@ -534,6 +537,11 @@ class _State:
             except Exception as e:
                 tb = traceback.format_exception(type(e), e, e.__traceback__)
                 e.__cause__ = _RemoteTraceback('\n"""\n{}"""'.format("".join(tb)))
+                # Its text is kept above; its frames are not: the pickler's frame
+                # holds a BytesIO whose buffer the pickler still exports, and once in a
+                # reference cycle (this frame holds the pool's state) its collection
+                # raised "BufferError: Existing exports of data" (3.14).
+                e.__traceback__ = None
                 f = self.pending.pop(item[0], None)
                 if f is not None:
                     _set_exception(f, e)

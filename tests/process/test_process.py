@@ -583,3 +583,17 @@ def test_a_task_that_does_not_pickle_uses_none_of_max_tasks_per_child():
         with pytest.raises(TypeError, match="pickle"):
             bad.result(timeout=60)
         assert good.result(timeout=60) == 3
+
+
+def test_the_error_of_a_task_that_does_not_pickle_holds_no_parent_frames():
+    """Its error keeps the formatted traceback (as __cause__), not the frames: those
+    hold the executor's state and the pickler's BytesIO, whose buffer is still
+    exported. Collected in a reference cycle, that BytesIO raised "BufferError:
+    Existing exports of data" from the garbage collector (3.14, in CI: this module's
+    tests, then test_process_stdlib's gc.collect())."""
+    with ProcessPoolExecutor(1, mp_context=CTX) as ex:
+        bad = ex.submit(abs, threading.Lock())
+        err = bad.exception(timeout=60)
+    assert isinstance(err, TypeError) and "pickle" in str(err)
+    assert "Traceback" in str(err.__cause__)
+    assert err.__traceback__ is None and err.__context__ is None
